@@ -1,0 +1,9 @@
+"""``python -m midge``: the same as the ``midge`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,150 @@
+"""The ``midge`` command: parse arguments, configure logging, run the broker.
+
+The rule: this is the only module that writes to stdout/stderr directly or decides the
+process exit status (0 clean stop, 1 runtime failure such as a busy port, 2 bad
+arguments or configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from . import __version__
+from .broker import Broker
+from .config import ConfigError, Settings, load
+
+log = logging.getLogger("midge")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="midge", description="midge: an MQTT 5.0 / 3.1.1 / 3.1 broker."
+    )
+    parser.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "-p", "--port", type=int, metavar="N",
+        help="TCP port (without -c: listen on 127.0.0.1:N; with -c: replaces the port of "
+        "the first tcp listener)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format"
+    )
+    parser.add_argument("--version", action="version", version=f"midge {__version__}")
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool, fmt: str) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # per-connection lines are for -v; the default keeps warnings and lifecycle only
+    if verbose == 0 and not quiet:
+        logging.getLogger("midge.broker").setLevel(logging.WARNING)
+        logging.getLogger("midge.connection").setLevel(logging.WARNING)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    if args.config:
+        settings = load(args.config)
+        if args.port is not None:
+            settings = settings.with_port(args.port)
+        return settings
+    settings = Settings.default(args.port if args.port is not None else 1883)
+    log.warning(
+        "no configuration file: listening on 127.0.0.1:%d only, anonymous clients allowed "
+        "(use -c FILE to configure listeners and authentication)",
+        settings.listeners[0].port,
+    )
+    return settings
+
+
+def raise_fd_limit() -> None:
+    """Many idle clients need many descriptors: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
+async def serve(settings: Settings) -> None:
+    broker = Broker(settings)
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("received %s", signal.Signals(signum).name)
+                    broker.shutdown()
+                    return
+
+        tg.start_soon(watch_signals)
+        await broker.run()
+        tg.cancel_scope.cancel()
+
+
+def _backend_options() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet, args.log_format)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is not in 0..65535")
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"midge: configuration error: {exc}\n")
+        return 2
+    raise_fd_limit()
+    log.info("midge %s starting", __version__)
+    try:
+        anyio.run(serve, settings, backend_options=_backend_options())
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

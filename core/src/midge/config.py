@@ -1,0 +1,205 @@
+"""Configuration: a TOML file (or nothing) turned into typed, frozen settings.
+
+The rule: everything is validated when the file is read. An unknown key or a bad value is
+a ConfigError naming the file, the key and what is allowed; nothing is silently ignored
+or coerced.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+MAX_PACKET_SIZE = 268_435_455
+LISTENER_TYPES = ("tcp",)
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used, with the file and key at fault."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+        self.source = source
+        self.key = key
+
+
+def _limit(default: int, low: int, high: int, doc: str) -> Any:
+    return field(default=default, metadata={"range": (low, high), "doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """Limits and behaviour of the broker as a whole (the ``[broker]`` table)."""
+
+    max_packet_size: int = _limit(
+        MAX_PACKET_SIZE, 64, MAX_PACKET_SIZE, "largest packet accepted, in bytes, header included"
+    )
+    receive_maximum: int = _limit(
+        1024, 1, 65535, "QoS 1/2 PUBLISHes a v5 client may have unacknowledged towards the broker"
+    )
+    max_inflight_messages: int = _limit(
+        20, 0, 65535,
+        "QoS 1/2 deliveries unacknowledged towards one client (0: as many as packet ids allow)",
+    )
+    max_queued_messages: int = _limit(
+        1000, 1, 10_000_000,
+        "deliveries waiting per client, in its session queue (QoS 1/2) or socket buffer (QoS 0)",
+    )
+    session_expiry_max: int = _limit(
+        4_294_967_295, 0, 4_294_967_295, "cap on a v5 session expiry interval, in seconds"
+    )
+    persistent_session_expiry: int = _limit(
+        0, 0, 4_294_967_295,
+        "seconds a v3 clean_session=0 session outlives its connection (0: forever)",
+    )
+    connect_timeout: int = _limit(
+        10, 1, 3600, "seconds a new connection has to send its CONNECT"
+    )
+    max_keepalive: int = _limit(
+        65535, 0, 65535, "largest keepalive accepted, in seconds (0 in CONNECT is always allowed)"
+    )
+    max_connections: int = _limit(
+        100_000, 1, 10_000_000, "simultaneous network connections; further ones are closed"
+    )
+    max_topic_length: int = _limit(65535, 1, 65535, "longest topic name or filter, in bytes")
+    max_topic_levels: int = _limit(128, 1, 65535, "most levels in a topic name or filter")
+    max_client_id_length: int = _limit(65535, 1, 65535, "longest client identifier, in bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """One ``[[listeners]]`` entry."""
+
+    type: str = "tcp"
+    host: str = "127.0.0.1"
+    port: int = 1883
+    #: clients without credentials may connect on this listener
+    allow_anonymous: bool = False
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.type}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a Broker needs to run."""
+
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    listeners: tuple[ListenerSettings, ...] = ()
+    #: where the settings came from, for messages ("<defaults>" without a file)
+    source: str = "<defaults>"
+
+    @classmethod
+    def default(cls, port: int = 1883) -> Settings:
+        """No config file: loopback TCP only, anonymous clients allowed there (Mosquitto 2)."""
+        listener = ListenerSettings(host="127.0.0.1", port=port, allow_anonymous=True)
+        return cls(listeners=(listener,))
+
+    def with_port(self, port: int) -> Settings:
+        """Replace the port of the first TCP listener (``midge -c FILE --port N``)."""
+        listeners = list(self.listeners)
+        for index, listener in enumerate(listeners):
+            if listener.type == "tcp":
+                listeners[index] = replace(listener, port=port)
+                break
+        else:
+            raise ConfigError(self.source, "listeners", "--port needs a tcp listener to change")
+        return replace(self, listeners=tuple(listeners))
+
+
+def load(path: str | Path) -> Settings:
+    """Read and validate a TOML configuration file."""
+    source = str(path)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(source, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    return parse(data, source)
+
+
+def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
+    """Validate an already parsed configuration mapping."""
+    _only(data, {"broker", "listeners"}, source, "")
+    broker = _table(BrokerSettings, data.get("broker", {}), source, "broker")
+    raw_listeners = data.get("listeners", [])
+    if not isinstance(raw_listeners, list) or not all(isinstance(x, dict) for x in raw_listeners):
+        raise ConfigError(source, "listeners", "must be an array of tables ([[listeners]])")
+    listeners = []
+    for index, raw in enumerate(raw_listeners):
+        where = f"listeners[{index}]"
+        listener = _table(ListenerSettings, raw, source, where)
+        if listener.type not in LISTENER_TYPES:
+            raise ConfigError(
+                source, f"{where}.type",
+                f"{listener.type!r} is not a listener type; allowed: {', '.join(LISTENER_TYPES)}",
+            )
+        if not 0 <= listener.port <= 65535:
+            raise ConfigError(source, f"{where}.port", f"{listener.port} is not in 0..65535")
+        if not listener.host:
+            raise ConfigError(source, f"{where}.host", "must not be empty")
+        listeners.append(listener)
+    if not listeners:
+        raise ConfigError(source, "listeners", "at least one [[listeners]] table is required")
+    seen: set[tuple[str, int]] = set()
+    for index, listener in enumerate(listeners):
+        key = (listener.host, listener.port)
+        if key in seen and listener.port:
+            raise ConfigError(
+                source, f"listeners[{index}]", f"{listener.host}:{listener.port} is used twice"
+            )
+        seen.add(key)
+    return Settings(broker=broker, listeners=tuple(listeners), source=source)
+
+
+def _only(table: dict[str, Any], allowed: set[str], source: str, where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            name = f"{where}.{key}" if where else key
+            raise ConfigError(
+                source, name, f"unknown key; allowed here: {', '.join(sorted(allowed))}"
+            )
+
+
+def _table(cls: Any, raw: Any, source: str, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, where, "must be a table")
+    specs = {f.name: f for f in fields(cls)}
+    _only(raw, set(specs), source, where)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        spec = specs[key]
+        name = f"{where}.{key}"
+        expected = spec.type if isinstance(spec.type, str) else spec.type.__name__
+        if expected == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(source, name, f"must be true or false, not {value!r}")
+        elif expected == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(source, name, f"must be an integer, not {value!r}")
+            bounds = spec.metadata.get("range")
+            if bounds and not bounds[0] <= value <= bounds[1]:
+                raise ConfigError(
+                    source, name, f"{value} is out of range; allowed: {bounds[0]}..{bounds[1]}"
+                )
+        elif expected == "str":
+            if not isinstance(value, str):
+                raise ConfigError(source, name, f"must be a string, not {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def reference() -> list[tuple[str, str, Any, str]]:
+    """(table, key, default, description) of every broker setting, for documentation."""
+    return [
+        ("broker", f.name, f.default, f.metadata.get("doc", ""))
+        for f in fields(BrokerSettings)
+    ]

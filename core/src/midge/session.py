@@ -1,0 +1,167 @@
+"""Sans-I/O per-client session state: subscriptions, QoS flows, packet ids, queues.
+
+The rule: a Session never touches a socket or a clock it was not given. The broker asks
+it what to send (it answers with Outbound entries carrying packet ids) and tells it what
+arrived; the same object survives reconnects of a persistent session.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+
+from .codec import Subscription
+from .message import Message
+
+
+class Enqueued(Enum):
+    """What ``Session.enqueue`` did with a QoS 1/2 delivery."""
+
+    SEND = "send"  # a packet id was assigned: write it now
+    QUEUED = "queued"  # waits for an inflight slot or for the client to reconnect
+    DROPPED = "dropped"  # the session queue is full
+
+
+class Outbound:
+    """One QoS 1/2 delivery to this session's client."""
+
+    __slots__ = ("message", "qos", "retain", "subscription_ids", "packet_id", "released")
+
+    def __init__(
+        self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...] = ()
+    ) -> None:
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.subscription_ids = subscription_ids
+        self.packet_id = 0
+        #: QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP
+        self.released = False
+
+
+class Session:
+    """State of one client id that outlives its connections."""
+
+    __slots__ = (
+        "client_id",
+        "protocol_level",
+        "subscriptions",
+        "inflight",
+        "pending",
+        "inbound_qos2",
+        "max_inflight",
+        "max_queued",
+        "expiry_interval",
+        "expires_at",
+        "online",
+        "dropped",
+        "_next_id",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        protocol_level: int = 4,
+        max_inflight: int = 20,
+        max_queued: int = 1000,
+    ) -> None:
+        self.client_id = client_id
+        self.protocol_level = protocol_level
+        #: topic filter -> (subscription, subscription identifier or 0)
+        self.subscriptions: dict[str, tuple[Subscription, int]] = {}
+        #: packet id -> delivery sent and not yet completed, in send order
+        self.inflight: dict[int, Outbound] = {}
+        #: deliveries waiting for an inflight slot (or for the client to come back)
+        self.pending: deque[Outbound] = deque()
+        #: packet ids of QoS 2 PUBLISHes received and not yet released by PUBREL
+        self.inbound_qos2: set[int] = set()
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
+        #: seconds the session survives its connection (None: forever)
+        self.expiry_interval: int | None = 0
+        #: monotonic deadline while offline (None: online or never expires)
+        self.expires_at: float | None = None
+        self.online = False
+        #: deliveries dropped because the queue was full
+        self.dropped = 0
+        self._next_id = 1
+
+    def enqueue(self, out: Outbound) -> Enqueued:
+        """Take a QoS 1/2 delivery; SEND means ``out.packet_id`` is set and it must go now."""
+        if self.online and not self.pending and len(self.inflight) < self.max_inflight:
+            pid = self._allocate()
+            if pid:
+                out.packet_id = pid
+                self.inflight[pid] = out
+                return Enqueued.SEND
+        if len(self.pending) >= self.max_queued:
+            self.dropped += 1
+            return Enqueued.DROPPED
+        self.pending.append(out)
+        return Enqueued.QUEUED
+
+    def sendable(self) -> list[Outbound]:
+        """Move queued deliveries into free inflight slots; returns what to send now."""
+        ready: list[Outbound] = []
+        pending = self.pending
+        while pending and len(self.inflight) < self.max_inflight:
+            pid = self._allocate()
+            if not pid:
+                break
+            out = pending.popleft()
+            out.packet_id = pid
+            self.inflight[pid] = out
+            ready.append(out)
+        return ready
+
+    def puback(self, packet_id: int) -> Outbound | None:
+        """A PUBACK arrived: the QoS 1 delivery is complete."""
+        out = self.inflight.get(packet_id)
+        if out is None or out.qos != 1:
+            return None
+        del self.inflight[packet_id]
+        return out
+
+    def pubrec(self, packet_id: int) -> Outbound | None:
+        """A PUBREC arrived: the QoS 2 delivery moves to its release phase."""
+        out = self.inflight.get(packet_id)
+        if out is None or out.qos != 2:
+            return None
+        out.released = True
+        return out
+
+    def pubcomp(self, packet_id: int) -> Outbound | None:
+        """A PUBCOMP arrived: the QoS 2 delivery is complete."""
+        out = self.inflight.get(packet_id)
+        if out is None or out.qos != 2 or not out.released:
+            return None
+        del self.inflight[packet_id]
+        return out
+
+    def drop(self, packet_id: int) -> Outbound | None:
+        """Abandon an inflight delivery (for example a PUBREC with an error reason code)."""
+        return self.inflight.pop(packet_id, None)
+
+    def resume(self) -> list[Outbound]:
+        """The client is back: every unfinished delivery, in order, to send again."""
+        self.online = True
+        self.expires_at = None
+        return list(self.inflight.values())
+
+    def clear_queue(self) -> int:
+        """Forget every queued and inflight delivery; returns how many there were."""
+        count = len(self.pending) + len(self.inflight)
+        self.pending.clear()
+        self.inflight.clear()
+        return count
+
+    def _allocate(self) -> int:
+        """A free packet id, or 0 when all 65535 are inflight."""
+        inflight = self.inflight
+        pid = self._next_id
+        for _ in range(65535):
+            if pid not in inflight:
+                self._next_id = pid % 65535 + 1
+                return pid
+            pid = pid % 65535 + 1
+        return 0

@@ -1,0 +1,29 @@
+"""Broker counters, the raw material of $SYS topics and the HTTP stats endpoint.
+
+The rule: plain integer attributes bumped inline on the hot path; nothing here allocates
+or locks per message.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class Stats:
+    """Counters since the broker started."""
+
+    __slots__ = (
+        "started", "connections_total", "clients_connected", "messages_received",
+        "messages_sent", "messages_dropped",
+    )
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.connections_total = 0
+        self.clients_connected = 0
+        self.messages_received = 0
+        self.messages_sent = 0
+        self.messages_dropped = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.__slots__}

@@ -1,0 +1,259 @@
+"""Topic matching: the subscription trie with a match cache, and the retained index.
+
+The rule: this module knows topic syntax and nothing about sessions or I/O. A lookup by
+topic name returns the merged routes (one per client, highest QoS), cached until the
+next subscription change, so steady-state routing is one dict lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, NamedTuple, TypeVar
+
+from .codec import Subscription
+
+T = TypeVar("T")
+
+#: A cache holding more topics than this is cleared rather than grown.
+MATCH_CACHE_LIMIT = 65_536
+
+
+class Route(NamedTuple):
+    """Where one message goes for one client, merged over its matching subscriptions."""
+
+    client_id: str
+    #: highest granted QoS over all matching subscriptions
+    qos: int
+    #: the same over the subscriptions without No Local; -1 when all have No Local
+    qos_if_own: int
+    #: any matching subscription asked for Retain As Published
+    retain_as_published: bool
+    #: subscription identifiers of the matching subscriptions, in subscription order
+    subscription_ids: tuple[int, ...]
+
+
+class _Node:
+    __slots__ = ("children", "subs")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        # client id -> (subscription, subscription identifier or 0)
+        self.subs: dict[str, tuple[Subscription, int]] = {}
+
+
+class SubscriptionTrie:
+    """Topic filters of all sessions, matched against topic names."""
+
+    __slots__ = ("_root", "_cache", "_count")
+
+    def __init__(self) -> None:
+        self._root = _Node()
+        self._cache: dict[str, list[Route]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, client_id: str, sub: Subscription, subscription_id: int = 0) -> bool:
+        """Add or replace ``client_id``'s subscription; True when it is new."""
+        node = self._root
+        for level in sub.topic_filter.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                child = node.children[level] = _Node()
+            node = child
+        new = client_id not in node.subs
+        node.subs[client_id] = (sub, subscription_id)
+        self._count += new
+        self._cache.clear()
+        return new
+
+    def remove(self, client_id: str, topic_filter: str) -> bool:
+        """Remove a subscription; False when there was none."""
+        path = [self._root]
+        levels = topic_filter.split("/")
+        for level in levels:
+            child = path[-1].children.get(level)
+            if child is None:
+                return False
+            path.append(child)
+        if path[-1].subs.pop(client_id, None) is None:
+            return False
+        self._count -= 1
+        self._cache.clear()
+        # prune empty branches so the trie does not grow with churn
+        for depth in range(len(levels), 0, -1):
+            node = path[depth]
+            if node.subs or node.children:
+                break
+            del path[depth - 1].children[levels[depth - 1]]
+        return True
+
+    def match(self, topic: str) -> list[Route]:
+        """The routes for a topic name, one per client."""
+        routes = self._cache.get(topic)
+        if routes is not None:
+            return routes
+        found: list[dict[str, tuple[Subscription, int]]] = []
+        _walk(self._root, topic.split("/"), 0, found, topic.startswith("$"))
+        routes = _merge(found)
+        if len(self._cache) >= MATCH_CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[topic] = routes
+        return routes
+
+    def filters_of(self, client_id: str) -> Iterator[str]:
+        """Every filter ``client_id`` holds (a walk of the whole trie; not for hot paths)."""
+        stack: list[tuple[_Node, tuple[str, ...]]] = [(self._root, ())]
+        while stack:
+            node, path = stack.pop()
+            if client_id in node.subs and path:
+                yield "/".join(path)
+            for level, child in node.children.items():
+                stack.append((child, (*path, level)))
+
+
+def _walk(
+    node: _Node,
+    levels: list[str],
+    index: int,
+    found: list[dict[str, tuple[Subscription, int]]],
+    dollar: bool,
+) -> None:
+    children = node.children
+    if index == len(levels):
+        if node.subs:
+            found.append(node.subs)
+        hash_node = children.get("#")
+        if hash_node is not None and hash_node.subs:
+            found.append(hash_node.subs)
+        return
+    # a leading wildcard never matches a $-topic
+    if not (dollar and index == 0):
+        hash_node = children.get("#")
+        if hash_node is not None and hash_node.subs:
+            found.append(hash_node.subs)
+        plus = children.get("+")
+        if plus is not None:
+            _walk(plus, levels, index + 1, found, dollar)
+    child = children.get(levels[index])
+    if child is not None:
+        _walk(child, levels, index + 1, found, dollar)
+
+
+def _merge(found: list[dict[str, tuple[Subscription, int]]]) -> list[Route]:
+    if len(found) == 1:
+        return [
+            Route(cid, sub.qos, -1 if sub.no_local else sub.qos, sub.retain_as_published,
+                  (sid,) if sid else ())
+            for cid, (sub, sid) in found[0].items()
+        ]
+    merged: dict[str, list[object]] = {}
+    for subs in found:
+        for cid, (sub, sid) in subs.items():
+            entry = merged.get(cid)
+            own = -1 if sub.no_local else sub.qos
+            if entry is None:
+                merged[cid] = [sub.qos, own, sub.retain_as_published, [sid] if sid else []]
+            else:
+                entry[0] = max(entry[0], sub.qos)  # type: ignore[call-overload]
+                entry[1] = max(entry[1], own)  # type: ignore[call-overload]
+                entry[2] = entry[2] or sub.retain_as_published
+                if sid:
+                    entry[3].append(sid)  # type: ignore[attr-defined]
+    return [
+        Route(cid, e[0], e[1], e[2], tuple(e[3]))  # type: ignore[arg-type]
+        for cid, e in merged.items()
+    ]
+
+
+class _RNode(Generic[T]):
+    __slots__ = ("children", "value")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _RNode[T]] = {}
+        self.value: T | None = None
+
+
+class RetainedIndex(Generic[T]):
+    """Retained values by topic name, searchable by topic filter."""
+
+    __slots__ = ("_root", "_by_topic")
+
+    def __init__(self) -> None:
+        self._root: _RNode[T] = _RNode()
+        self._by_topic: dict[str, T] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_topic)
+
+    def __contains__(self, topic: object) -> bool:
+        return topic in self._by_topic
+
+    def get(self, topic: str) -> T | None:
+        return self._by_topic.get(topic)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        return iter(list(self._by_topic.items()))
+
+    def set(self, topic: str, value: T) -> None:
+        node = self._root
+        for level in topic.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                child = node.children[level] = _RNode()
+            node = child
+        node.value = value
+        self._by_topic[topic] = value
+
+    def discard(self, topic: str) -> T | None:
+        old = self._by_topic.pop(topic, None)
+        if old is None:
+            return None
+        levels = topic.split("/")
+        path = [self._root]
+        for level in levels:
+            path.append(path[-1].children[level])
+        path[-1].value = None
+        for depth in range(len(levels), 0, -1):
+            node = path[depth]
+            if node.value is not None or node.children:
+                break
+            del path[depth - 1].children[levels[depth - 1]]
+        return old
+
+    def match(self, topic_filter: str) -> list[T]:
+        """Values whose topic matches ``topic_filter``."""
+        out: list[T] = []
+        self._walk(self._root, topic_filter.split("/"), 0, out)
+        return out
+
+    def _walk(self, node: _RNode[T], levels: list[str], index: int, out: list[T]) -> None:
+        if index == len(levels):
+            if node.value is not None:
+                out.append(node.value)
+            return
+        level = levels[index]
+        if level == "#":
+            if node.value is not None and index > 0:
+                out.append(node.value)  # 'a/#' matches 'a' itself
+            for name, child in node.children.items():
+                if not (index == 0 and name.startswith("$")):
+                    _collect(child, out)
+        elif level == "+":
+            for name, child in node.children.items():
+                if not (index == 0 and name.startswith("$")):
+                    self._walk(child, levels, index + 1, out)
+        else:
+            child = node.children.get(level)
+            if child is not None:
+                self._walk(child, levels, index + 1, out)
+
+
+def _collect(node: _RNode[T], out: list[T]) -> None:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current.value is not None:
+            out.append(current.value)
+        stack.extend(current.children.values())
