@@ -20,8 +20,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from midge import Broker, BrokerSettings, ListenerSettings, Settings
-from midge.codec import Decoder, Packet, Role, encode
 from midge.codec import Connect as ConnectPacket
+from midge.codec import Decoder, Packet, Role, encode
 
 
 @dataclass
@@ -42,7 +42,9 @@ def broker_factory() -> Iterator[Callable[..., RunningBroker]]:
     def start(allow_anonymous: bool = True, **limits: Any) -> RunningBroker:
         settings = Settings(
             broker=BrokerSettings(**limits),
-            listeners=(ListenerSettings(host="127.0.0.1", port=0, allow_anonymous=allow_anonymous),),
+            listeners=(
+                ListenerSettings(host="127.0.0.1", port=0, allow_anonymous=allow_anonymous),
+            ),
         )
         broker = Broker(settings)
         cm = anyio.from_thread.start_blocking_portal()
@@ -127,7 +129,7 @@ def client_factory(broker: RunningBroker) -> Iterator[Callable[..., Client]]:
         client.loop_start()
         made.append(record)
         if wait:
-            flags, rc, props = record.connack.get(timeout=5)
+            _flags, rc, _props = record.connack.get(timeout=5)
             assert not rc.is_failure, rc
         return record
 

@@ -1,29 +1,46 @@
 """midge: an MQTT 5.0, 3.1.1 and 3.1 broker for Python, built on anyio.
 
 The rule: everything a user or plugin author may rely on is re-exported here and listed
-in ``__all__``; anything else is internal and may change.
+in ``__all__``; anything else is internal and may change. Names are resolved lazily
+(PEP 562) so that importing the sans-I/O parts (``midge.codec``, ``midge.topics``,
+``midge.session``) does not load the network layer.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from . import codec
-from .broker import Broker
-from .codec import ReasonCode
-from .config import BrokerSettings, ConfigError, ListenerSettings, Settings
-from .message import Message
-from .stats import Stats
+_EXPORTS = {
+    "Broker": "midge.broker",
+    "BrokerSettings": "midge.config",
+    "ConfigError": "midge.config",
+    "ListenerSettings": "midge.config",
+    "Message": "midge.message",
+    "ReasonCode": "midge.codec",
+    "Settings": "midge.config",
+    "Stats": "midge.stats",
+}
 
-__all__ = [
-    "Broker",
-    "BrokerSettings",
-    "ConfigError",
-    "ListenerSettings",
-    "Message",
-    "ReasonCode",
-    "Settings",
-    "Stats",
-    "__version__",
-    "codec",
-]
+__all__ = [*sorted(_EXPORTS), "__version__", "codec"]
+
+if TYPE_CHECKING:
+    from . import codec
+    from .broker import Broker
+    from .codec import ReasonCode
+    from .config import BrokerSettings, ConfigError, ListenerSettings, Settings
+    from .message import Message
+    from .stats import Stats
+
+
+def __getattr__(name: str) -> Any:
+    if name == "codec":
+        return import_module("midge.codec")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'midge' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

@@ -99,9 +99,15 @@ class Broker:
         listeners = []
         try:
             for spec in self.settings.listeners:
-                multi = await anyio.create_tcp_listener(
-                    local_host=spec.host, local_port=spec.port, reuse_port=False
-                )
+                try:
+                    multi = await anyio.create_tcp_listener(
+                        local_host=spec.host, local_port=spec.port, reuse_port=False
+                    )
+                except OSError as exc:
+                    # name the address: with several listeners "address in use" is a riddle
+                    raise OSError(
+                        exc.errno, f"cannot listen on {spec.host}:{spec.port}: {exc.strerror}"
+                    ) from exc
                 for listener in multi.listeners:
                     listeners.append((listener, spec))
                     host, port = listener.extra(SocketAttribute.local_address)[:2]

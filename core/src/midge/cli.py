@@ -140,11 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     raise_fd_limit()
     log.info("midge %s starting", __version__)
+    failures: list[Exception] = []
     try:
         anyio.run(serve, settings, backend_options=_backend_options())
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    except KeyboardInterrupt:
+    except* OSError as group:
+        # serve's task group wraps a bind failure in an ExceptionGroup
+        failures.extend(group.exceptions)
+    except* KeyboardInterrupt:
         pass
+    if failures:
+        log.error("cannot start: %s", failures[0])
+        return 1
     return 0

@@ -143,7 +143,10 @@ class Connection:
                     self.close_reason = "internal error"
                     self.kill(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
                 finally:
-                    self.broker.connection_lost(self)
+                    try:
+                        self.broker.connection_lost(self)
+                    except Exception:
+                        log.exception("client %s: internal error while closing", self.name)
                     self._closing = True
                     self._wake.set()
                     tg.cancel_scope.deadline = anyio.current_time() + CLOSE_FLUSH_TIMEOUT
@@ -160,6 +163,12 @@ class Connection:
             try:
                 data = await stream.receive(RECEIVE_SIZE)
             except _CLOSED:
+                if decoder.buffered and not self.close_reason:
+                    # a truncated packet is bad input like any other: one WARNING
+                    log.warning(
+                        "client %s: connection closed in the middle of a packet "
+                        "(%d bytes of it received)", self.name, decoder.buffered,
+                    )
                 self.close_reason = self.close_reason or (
                     "connection closed in the middle of a packet"
                     if decoder.buffered

@@ -12,8 +12,11 @@ from typing import Any
 
 from .codec import PROTOCOL_5, Properties, Property, Publish, frame_publish, publish_header
 
-#: Properties that belong to one hop and are never forwarded as they arrived.
-_HOP_PROPERTIES = (Property.TOPIC_ALIAS, Property.SUBSCRIPTION_IDENTIFIER)
+#: Properties that belong to one hop (or to the will, not its message) and are never
+#: forwarded as they arrived.
+_HOP_PROPERTIES = (
+    Property.TOPIC_ALIAS, Property.SUBSCRIPTION_IDENTIFIER, Property.WILL_DELAY_INTERVAL
+)
 
 
 class Message:

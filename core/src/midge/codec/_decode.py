@@ -93,7 +93,8 @@ class Decoder:
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
         if self._pos >= len(self._data):
-            self._data = data
+            # keep no reference to a caller's mutable buffer: it would be edited in place
+            self._data = data if type(data) is bytes else bytes(data)
             self._pos = 0
             return
         if isinstance(self._data, bytes):
@@ -149,8 +150,11 @@ class Decoder:
                     f"0x{_FLAGS[ptype]:X}"
                 )
             if ptype == 1:
-                connect = _connect(buf, i, end)
-                self.protocol_level = connect.protocol_level
+                level, body = _protocol(buf, i, end)
+                # known before the rest is read, so that an error in the rest of the
+                # CONNECT can be answered with a CONNACK of this level (v5: reason code)
+                self.protocol_level = level
+                connect = _connect(buf, body, end, level)
                 self._connected = True
                 packet = connect
             else:
@@ -188,7 +192,8 @@ def _packet_id(buf: bytes | bytearray, pos: int, end: int, name: str) -> tuple[i
     return pid, pos
 
 
-def _connect(buf: bytes | bytearray, pos: int, end: int) -> Connect:
+def _protocol(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
+    """A CONNECT's protocol name and level: (level, position after them)."""
     name, pos = read_string(buf, pos, end)
     if pos >= end:
         raise MalformedPacket("CONNECT is truncated before the protocol level")
@@ -202,6 +207,11 @@ def _connect(buf: bytes | bytearray, pos: int, end: int) -> Connect:
             raise UnsupportedProtocolVersion(f"MQIsdp with protocol level {level}", level)
     else:
         raise UnsupportedProtocolVersion(f"unknown protocol name {name!r}", level)
+    return level, pos
+
+
+def _connect(buf: bytes | bytearray, pos: int, end: int, level: int) -> Connect:
+    """The rest of a CONNECT, after ``_protocol`` has read its name and level."""
     if pos + 3 > end:
         raise MalformedPacket("CONNECT is truncated in its variable header")
     flags = buf[pos]
@@ -330,7 +340,9 @@ def _subscribe(buf: bytes | bytearray, pos: int, end: int, level: int) -> Subscr
         pos += 1
         qos = options & 0x03
         if qos == 3:
-            raise MalformedPacket(f"SUBSCRIBE to {topic_filter!r} requests QoS 3")
+            # malformed in 3.1.1 [MQTT-3-8.3-4]; a Protocol Error in 5.0 (3.8.3.1)
+            error = ProtocolViolation if level == PROTOCOL_5 else MalformedPacket
+            raise error(f"SUBSCRIBE to {topic_filter!r} requests QoS 3")
         if level == 5:
             if options & 0xC0:
                 raise MalformedPacket("SUBSCRIBE options reserved bits are set")

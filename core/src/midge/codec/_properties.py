@@ -156,7 +156,8 @@ def read_properties(buf: bytes, pos: int, end: int, packet: int) -> tuple[Proper
         if spec is None:
             raise MalformedPacket(f"unknown property identifier 0x{ident:02X}")
         if packet not in spec.allowed_in:
-            raise ProtocolViolation(f"property {_NAMES[ident]} is not allowed in {_where(packet)}")
+            # an identifier not valid for its packet type is a Malformed Packet (5.0 2.2.2.2)
+            raise MalformedPacket(f"property {_NAMES[ident]} is not allowed in {_where(packet)}")
         kind = spec.kind
         value: Any
         if kind is Kind.BYTE:
@@ -187,6 +188,13 @@ def read_properties(buf: bytes, pos: int, end: int, packet: int) -> tuple[Proper
         if spec.bounds is not None and not spec.bounds[0] <= value <= spec.bounds[1]:
             raise ProtocolViolation(f"property {_NAMES[ident]} has the invalid value {value}")
         if spec.repeatable:
+            # Subscription Identifier repeats in PUBLISH, never in SUBSCRIBE (5.0 3.8.2.1.2)
+            if (
+                ident in props
+                and ident == Property.SUBSCRIPTION_IDENTIFIER
+                and packet == P.SUBSCRIBE
+            ):
+                raise ProtocolViolation("SUBSCRIBE has more than one Subscription Identifier")
             props.setdefault(ident, []).append(value)
         elif ident in props:
             raise ProtocolViolation(f"property {_NAMES[ident]} appears more than once")
