@@ -159,14 +159,20 @@ def test_client_sending_pingreq_within_keepalive_stays_connected(raw_factory: Fa
     assert not raw.closed(timeout=0.2)
 
 
+def _persistent(level: int) -> dict[str, Any]:
+    """Connect keyword arguments for a session that outlives its connection."""
+    props = {Property.SESSION_EXPIRY_INTERVAL: 300} if level == 5 else {}
+    return {"clean_start": False, "properties": props}
+
+
 @pytest.mark.parametrize("level", [4, 5])
 def test_session_takeover_closes_the_old_connection(
     broker: Any, raw_factory: Factory, level: int
 ) -> None:
     old = raw_factory(level=level)
-    assert old.connect("twin", level).reason_code == 0
+    assert old.connect("twin", level, **_persistent(level)).reason_code == 0
     new = raw_factory(level=level)
-    connack = new.connect("twin", level, clean_start=False)
+    connack = new.connect("twin", level, **_persistent(level))
     assert isinstance(connack, ConnAck) and connack.reason_code == 0
     assert connack.session_present
     packets = old.packets_until_close()
@@ -178,3 +184,22 @@ def test_session_takeover_closes_the_old_connection(
     new.send(PingReq())
     assert isinstance(new.recv(), PingResp)
     assert broker.call(lambda: len(broker.broker.clients)) == 1
+
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_taking_over_a_clean_session_does_not_resume_it(
+    raw_factory: Factory, level: int
+) -> None:
+    old = raw_factory(level=level)
+    assert old.connect("fleeting", level, clean_start=True).reason_code == 0
+    old.send(Subscribe(1, [Subscription("fleeting/t", 0)]))
+    assert isinstance(old.recv(), SubAck)
+    new = raw_factory(level=level)
+    connack = new.connect("fleeting", level, **_persistent(level))
+    assert isinstance(connack, ConnAck) and connack.reason_code == 0
+    # a clean session lasts as long as its network connection [MQTT-3.1.2-6]
+    assert not connack.session_present
+    assert old.closed()
+    new.send(Publish("fleeting/t", b"stale subscription?", 0))
+    new.send(PingReq())
+    assert new.recv() == PingResp(), "the clean session's subscription was reused"

@@ -12,6 +12,7 @@ import pytest
 
 from midge.codec import (
     ConnAck,
+    Disconnect,
     Packet,
     PingReq,
     PingResp,
@@ -200,3 +201,31 @@ def test_qos2_pubrel_is_resent_on_reconnect_after_pubrec(
     back.send(PubComp(delivery.packet_id))
     back.send(PingReq())
     assert back.recv() == PingResp()
+
+
+def test_deliveries_too_large_for_the_client_do_not_stall_the_queue(
+    broker: Any, raw_factory: Factory
+) -> None:
+    props = {Property.SESSION_EXPIRY_INTERVAL: 300, Property.RECEIVE_MAXIMUM: 2,
+             Property.MAXIMUM_PACKET_SIZE: 200}
+    sub = raw_factory(level=5)
+    assert sub.connect("picky", 5, clean_start=False, properties=props).reason_code == 0
+    _subscribe(sub, "big/#", 1)
+    sub.send(Disconnect())
+    assert sub.closed()
+    _wait_gone(broker, "picky")
+    pub = raw_factory(level=5)
+    _connect(pub, "big-pub", 5)
+    sizes = [500, 500, 500, 10, 10]  # the client's Maximum Packet Size is 200
+    for pid, size in enumerate(sizes, 1):
+        pub.send(Publish("big/t", bytes([pid]) * size, 1, packet_id=pid))
+        assert isinstance(pub.recv(), PubAck)
+    back = raw_factory(level=5)
+    assert back.connect("picky", 5, clean_start=False, properties=props).session_present
+    got = []
+    for _ in range(2):
+        delivery = back.recv()
+        assert isinstance(delivery, Publish)
+        got.append(delivery.payload)
+        back.send(PubAck(delivery.packet_id))
+    assert got == [bytes([4]) * 10, bytes([5]) * 10]

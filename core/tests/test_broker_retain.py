@@ -10,6 +10,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
+from midge.message import Message
+
 Factory = Callable[..., Any]
 PROTOCOLS = pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5], ids=["v311", "v5"])
 
@@ -94,3 +96,35 @@ def test_retained_message_is_delivered_at_min_of_its_qos_and_granted_qos(
     late.subscribe(topic, granted)
     message = late.expect()
     assert (message.retain, message.qos) == (True, min(published, granted))
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "expected"),
+    [
+        ("w/#", ["w", "w/x", "w/x/y"]),
+        ("w/+", ["w/x"]),
+        ("+/x", ["w/x"]),
+        ("+", ["w"]),
+        ("#", ["w", "w/x", "w/x/y"]),
+        ("$SYS/#", ["$SYS/w"]),
+        ("$SYS/+", ["$SYS/w"]),
+    ],
+)
+def test_retained_messages_match_filters_like_live_messages(
+    broker: Any, client_factory: Factory, topic_filter: str, expected: list[str]
+) -> None:
+    for topic in ("w", "w/x", "w/x/y", "$SYS/w"):
+        # clients may not publish to $-topics, so the broker routes these itself
+        broker.call(broker.broker.route, Message(topic, b"r", 0, retain=True))
+    late = client_factory()
+    late.subscribe(topic_filter, 0)
+    late.subscribe("marker/end", 0)
+    client_factory().publish("marker/end", b"", 1)
+    topics = []
+    for _ in range(10):
+        message = late.expect()
+        if message.topic == "marker/end":
+            break
+        assert message.retain
+        topics.append(message.topic)
+    assert sorted(topics) == expected

@@ -82,12 +82,13 @@ def test_will_is_not_published_on_normal_disconnect(
     watcher.expect_none()
 
 
-def test_v5_disconnect_with_will_message_publishes_the_will(
-    client_factory: Factory, raw_factory: Factory
+@pytest.mark.parametrize("reason", [0x04, 0x80], ids=["with-will", "unspecified-error"])
+def test_v5_disconnect_with_a_reason_other_than_normal_publishes_the_will(
+    client_factory: Factory, raw_factory: Factory, reason: int
 ) -> None:
     watcher = _watch(client_factory)
     raw = _dying(raw_factory, "farewell", 5)
-    raw.send(Disconnect(0x04))
+    raw.send(Disconnect(reason))
     assert raw.packets_until_close() == []
     assert watcher.expect().payload == b"farewell died"
 

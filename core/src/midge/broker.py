@@ -249,7 +249,9 @@ class Broker:
             old.kill(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
             del self.clients[cid]
         session = self.sessions.get(cid)
-        if session is not None and packet.clean_start:
+        # a session with expiry 0 (a clean session) ends with the connection just taken
+        # over: its state must not be reused [MQTT-3.1.2-6] (MQTT 5 section 3.1.2.11.2)
+        if session is not None and (packet.clean_start or session.expiry_interval == 0):
             self._discard_session(session)
             session = None
         present = session is not None
@@ -482,8 +484,11 @@ class Broker:
         self.stats.messages_sent += 1
 
     def _pump(self, conn: Connection, session: Session) -> None:
-        for out in session.sendable():
-            self._write_publish(conn, out)
+        # a delivery too large for the client is dropped by _write_publish and frees its
+        # slot at once; refill until nothing moves, or the queue behind it stalls for good
+        while ready := session.sendable():
+            for out in ready:
+                self._write_publish(conn, out)
 
     def _on_puback(self, conn: Connection, packet: PubAck) -> None:
         session = conn.session
@@ -580,9 +585,12 @@ class Broker:
                     )
                 expiry = min(expiry, self.limits.session_expiry_max)
                 session.expiry_interval = None if expiry == NEVER else expiry
-        conn.clean_disconnect = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL
+        # only Normal disconnection (0x00) discards the will; 0x04 and every error reason
+        # leave it to be published (MQTT 5 sections 3.1.2.5 and 3.14, [MQTT-3.14.4-3])
+        conn.clean_disconnect = packet.reason_code == ReasonCode.NORMAL_DISCONNECTION
         conn.finish(
-            "client sent DISCONNECT" if conn.clean_disconnect else "client sent DISCONNECT with will"
+            "client sent DISCONNECT" if conn.clean_disconnect
+            else f"client sent DISCONNECT 0x{packet.reason_code:02X}"
         )
 
     def _on_auth(self, conn: Connection, packet: Auth) -> None:
