@@ -24,7 +24,18 @@ _EXPORTS = {
     "Stats": "midge.stats",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__", "codec"]
+__all__ = [
+    "Broker",
+    "BrokerSettings",
+    "ConfigError",
+    "ListenerSettings",
+    "Message",
+    "ReasonCode",
+    "Settings",
+    "Stats",
+    "__version__",
+    "codec",
+]
 
 if TYPE_CHECKING:
     from . import codec

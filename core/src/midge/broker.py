@@ -29,9 +29,9 @@ from .codec import (
     ProtocolViolation,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
-    Publish,
     ReasonCode,
     RemoteProtocolError,
     SubAck,
@@ -48,6 +48,8 @@ from .stats import Stats
 from .topics import RetainedIndex, SubscriptionTrie
 
 log = logging.getLogger("midge.broker")
+#: per-client lifecycle lines (connected, disconnected, wills): shown with -v
+clients_log = logging.getLogger("midge.clients")
 
 #: seconds between sweeps for CONNECT timeouts, keepalive and session expiry
 SWEEP_INTERVAL = 0.5
@@ -110,7 +112,8 @@ class Broker:
                     ) from exc
                 for listener in multi.listeners:
                     listeners.append((listener, spec))
-                    host, port = listener.extra(SocketAttribute.local_address)[:2]
+                    address: Any = listener.extra(SocketAttribute.local_address)
+                    host, port = address[0], address[1]
                     self.addresses.append((str(host), int(port)))
                     log.info(
                         "listening on %s:%s (tcp%s)", host, port,
@@ -191,14 +194,14 @@ class Broker:
                     )
                     conn.kill(None, "CONNECT timeout")
             elif conn.keepalive and now - conn.last_seen > conn.keepalive * 1.5:
-                log.info(
+                clients_log.info(
                     "client %s: keepalive of %d s expired; closing", conn.name, conn.keepalive
                 )
                 conn.kill(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
         if self._expiring:
             for cid, session in list(self._expiring.items()):
                 if session.expires_at is not None and session.expires_at <= now:
-                    log.info("session %s expired", cid)
+                    clients_log.info("session %s expired", cid)
                     self._discard_session(session)
 
     # -- CONNECT -------------------------------------------------------------------------
@@ -244,7 +247,9 @@ class Broker:
 
         old = self.clients.get(cid)
         if old is not None and old is not conn:
-            log.info("client %s: session taken over by a new connection from %s", cid, conn.remote)
+            clients_log.info(
+                "client %s: session taken over by a new connection from %s", cid, conn.remote
+            )
             old.session = None
             old.kill(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
             del self.clients[cid]
@@ -297,7 +302,7 @@ class Broker:
             ack_props[Property.SHARED_SUBSCRIPTION_AVAILABLE] = 0
         conn.send(ConnAck(0, present, ack_props))
         self.stats.clients_connected = len(self.clients)
-        log.info(
+        clients_log.info(
             "client %s connected from %s (MQTT %s, clean=%s, keepalive=%d, session present=%s)",
             cid, conn.remote, {3: "3.1", 4: "3.1.1", 5: "5.0"}[level],
             packet.clean_start, keepalive, present,
@@ -346,11 +351,11 @@ class Broker:
             elif session.expiry_interval is not None:
                 session.expires_at = time.monotonic() + session.expiry_interval
                 self._expiring[cid] = session
-        log.info("client %s disconnected: %s", cid, conn.close_reason or "closed")
+        clients_log.info("client %s disconnected: %s", cid, conn.close_reason or "closed")
         will = conn.will
         conn.will = None
         if will is not None and not conn.clean_disconnect:
-            log.info("client %s: publishing its will to %s", cid, will.topic)
+            clients_log.info("client %s: publishing its will to %s", cid, will.topic)
             self.route(Message(will.topic, will.payload, will.qos, will.retain,
                                will.properties, origin=cid))
 
@@ -503,10 +508,9 @@ class Broker:
             session.drop(packet.packet_id)
             self._pump(conn, session)
             return
-        if session.pubrec(packet.packet_id) is None:
-            if conn.protocol_level == PROTOCOL_5:
-                conn.send(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
-                return
+        if session.pubrec(packet.packet_id) is None and conn.protocol_level == PROTOCOL_5:
+            conn.send(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+            return
         conn.send(PubRel(packet.packet_id))
 
     def _on_pubrel(self, conn: Connection, packet: PubRel) -> None:
@@ -545,7 +549,9 @@ class Broker:
                     "client %s: shared subscription %s refused: not supported yet",
                     conn.client_id, topic_filter,
                 )
-                codes.append(ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else SUBACK_FAILURE)
+                codes.append(
+                    ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else SUBACK_FAILURE
+                )
                 continue
             new = self.trie.add(session.client_id, sub, sid)
             session.subscriptions[topic_filter] = (sub, sid)
@@ -562,7 +568,7 @@ class Broker:
     def _on_unsubscribe(self, conn: Connection, packet: Unsubscribe) -> None:
         session = conn.session
         assert session is not None
-        codes = []
+        codes: list[int] = []
         for topic_filter in packet.topic_filters:
             existed = self.trie.remove(session.client_id, topic_filter)
             session.subscriptions.pop(topic_filter, None)

@@ -8,6 +8,7 @@ arguments or configuration).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import resource
@@ -71,10 +72,10 @@ def configure_logging(verbose: int, quiet: bool, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # per-connection lines are for -v; the default keeps warnings and lifecycle only
-    if verbose == 0 and not quiet:
-        logging.getLogger("midge.broker").setLevel(logging.WARNING)
-        logging.getLogger("midge.connection").setLevel(logging.WARNING)
+    # per-client lines are for -v; the default keeps the broker's lifecycle and warnings
+    logging.getLogger("midge.clients").setLevel(
+        logging.NOTSET if verbose or quiet else logging.WARNING
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -97,10 +98,8 @@ def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass
 
 
 async def serve(settings: Settings) -> None:

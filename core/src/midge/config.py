@@ -190,9 +190,8 @@ def _table(cls: Any, raw: Any, source: str, where: str) -> Any:
                 raise ConfigError(
                     source, name, f"{value} is out of range; allowed: {bounds[0]}..{bounds[1]}"
                 )
-        elif expected == "str":
-            if not isinstance(value, str):
-                raise ConfigError(source, name, f"must be a string, not {value!r}")
+        elif expected == "str" and not isinstance(value, str):
+            raise ConfigError(source, name, f"must be a string, not {value!r}")
         values[key] = value
     return cls(**values)
 

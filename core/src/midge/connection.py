@@ -47,10 +47,29 @@ class Connection:
     """A client's network connection, from accept to close."""
 
     __slots__ = (
-        "broker", "stream", "listener", "remote", "decoder", "protocol_level", "client_id",
-        "session", "connected", "keepalive", "opened", "last_seen", "will", "username",
-        "clean_disconnect", "close_reason", "max_packet_out", "problem_info",
-        "_out", "_out_count", "_wake", "_closing", "_reader_scope",
+        "_closing",
+        "_out",
+        "_out_count",
+        "_reader_scope",
+        "_wake",
+        "broker",
+        "clean_disconnect",
+        "client_id",
+        "close_reason",
+        "connected",
+        "decoder",
+        "keepalive",
+        "last_seen",
+        "listener",
+        "max_packet_out",
+        "opened",
+        "problem_info",
+        "protocol_level",
+        "remote",
+        "session",
+        "stream",
+        "username",
+        "will",
     )
 
     def __init__(

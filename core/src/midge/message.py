@@ -22,7 +22,7 @@ _HOP_PROPERTIES = (
 class Message:
     """An application message: what was published, by whom, when."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "properties", "origin", "created", "_wire")
+    __slots__ = ("_wire", "created", "origin", "payload", "properties", "qos", "retain", "topic")
 
     def __init__(
         self,
@@ -82,7 +82,7 @@ class Message:
         return frame_publish(pieces[0], pieces[1], packet_id, pieces[2])
 
     def _pieces(self, key: tuple[bool, int, bool], level: int) -> tuple[int, bytes, bytes]:
-        v5, qos, retain = key
+        _, qos, retain = key
         packet = Publish(self.topic, self.payload, qos, retain, False, 0, self.properties)
         return publish_header(packet, level)
 

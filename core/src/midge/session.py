@@ -25,7 +25,7 @@ class Enqueued(Enum):
 class Outbound:
     """One QoS 1/2 delivery to this session's client."""
 
-    __slots__ = ("message", "qos", "retain", "subscription_ids", "packet_id", "released")
+    __slots__ = ("message", "packet_id", "qos", "released", "retain", "subscription_ids")
 
     def __init__(
         self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...] = ()
@@ -43,19 +43,19 @@ class Session:
     """State of one client id that outlives its connections."""
 
     __slots__ = (
+        "_next_id",
         "client_id",
-        "protocol_level",
-        "subscriptions",
-        "inflight",
-        "pending",
+        "dropped",
+        "expires_at",
+        "expiry_interval",
         "inbound_qos2",
+        "inflight",
         "max_inflight",
         "max_queued",
-        "expiry_interval",
-        "expires_at",
         "online",
-        "dropped",
-        "_next_id",
+        "pending",
+        "protocol_level",
+        "subscriptions",
     )
 
     def __init__(

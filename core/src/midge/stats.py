@@ -13,8 +13,12 @@ class Stats:
     """Counters since the broker started."""
 
     __slots__ = (
-        "started", "connections_total", "clients_connected", "messages_received",
-        "messages_sent", "messages_dropped",
+        "clients_connected",
+        "connections_total",
+        "messages_dropped",
+        "messages_received",
+        "messages_sent",
+        "started",
     )
 
     def __init__(self) -> None:

@@ -44,7 +44,7 @@ class _Node:
 class SubscriptionTrie:
     """Topic filters of all sessions, matched against topic names."""
 
-    __slots__ = ("_root", "_cache", "_count")
+    __slots__ = ("_cache", "_count", "_root")
 
     def __init__(self) -> None:
         self._root = _Node()
@@ -178,7 +178,7 @@ class _RNode(Generic[T]):
 class RetainedIndex(Generic[T]):
     """Retained values by topic name, searchable by topic filter."""
 
-    __slots__ = ("_root", "_by_topic")
+    __slots__ = ("_by_topic", "_root")
 
     def __init__(self) -> None:
         self._root: _RNode[T] = _RNode()
@@ -245,9 +245,9 @@ class RetainedIndex(Generic[T]):
                 if not (index == 0 and name.startswith("$")):
                     self._walk(child, levels, index + 1, out)
         else:
-            child = node.children.get(level)
-            if child is not None:
-                self._walk(child, levels, index + 1, out)
+            exact = node.children.get(level)
+            if exact is not None:
+                self._walk(exact, levels, index + 1, out)
 
 
 def _collect(node: _RNode[T], out: list[T]) -> None:

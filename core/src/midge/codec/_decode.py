@@ -29,9 +29,9 @@ from ._packets import (
     PingResp,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
-    Publish,
     SubAck,
     Subscribe,
     Subscription,
@@ -75,7 +75,7 @@ class Decoder:
     included.
     """
 
-    __slots__ = ("protocol_level", "max_packet_size", "role", "_data", "_pos", "_connected")
+    __slots__ = ("_connected", "_data", "_pos", "max_packet_size", "protocol_level", "role")
 
     def __init__(
         self,

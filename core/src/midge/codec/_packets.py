@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Union
+from typing import Any
 
 #: v5 properties: property identifier -> value. User Property and Subscription Identifier
 #: may repeat, so their values are lists (of ``(name, value)`` pairs and of ints).
@@ -174,10 +174,10 @@ class Auth:
     properties: Properties = field(default_factory=_props)
 
 
-Packet = Union[
-    Connect, ConnAck, Publish, PubAck, PubRec, PubRel, PubComp, Subscribe, SubAck,
-    Unsubscribe, UnsubAck, PingReq, PingResp, Disconnect, Auth,
-]
+Packet = (
+    Connect | ConnAck | Publish | PubAck | PubRec | PubRel | PubComp | Subscribe | SubAck
+    | Unsubscribe | UnsubAck | PingReq | PingResp | Disconnect | Auth
+)
 
 PACKET_TYPES: dict[type[Any], PacketType] = {
     Connect: PacketType.CONNECT,

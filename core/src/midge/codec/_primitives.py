@@ -12,7 +12,7 @@ from ._reasons import ReasonCode
 MAX_VARINT = 268_435_455
 
 
-def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def read_varint(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
     value = 0
     shift = 0
     for _ in range(4):
@@ -45,13 +45,13 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def read_u16(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def read_u16(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
     if pos + 2 > end:
         raise MalformedPacket("two byte integer is truncated")
     return (buf[pos] << 8) | buf[pos + 1], pos + 2
 
 
-def read_binary(buf: bytes, pos: int, end: int) -> tuple[bytes, int]:
+def read_binary(buf: bytes | bytearray, pos: int, end: int) -> tuple[bytes, int]:
     if pos + 2 > end:
         raise MalformedPacket("binary data length is truncated")
     stop = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
@@ -60,7 +60,7 @@ def read_binary(buf: bytes, pos: int, end: int) -> tuple[bytes, int]:
     return bytes(buf[pos + 2 : stop]), stop
 
 
-def read_string(buf: bytes, pos: int, end: int) -> tuple[str, int]:
+def read_string(buf: bytes | bytearray, pos: int, end: int) -> tuple[str, int]:
     if pos + 2 > end:
         raise MalformedPacket("string length is truncated")
     stop = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
@@ -69,13 +69,15 @@ def read_string(buf: bytes, pos: int, end: int) -> tuple[str, int]:
     return decode_utf8(buf[pos + 2 : stop]), stop
 
 
-def decode_utf8(raw: bytes) -> str:
+def decode_utf8(raw: bytes | bytearray) -> str:
     """Decode a UTF-8 string as MQTT defines it: well-formed, no surrogates, no U+0000."""
     try:
         # Python's strict UTF-8 codec already rejects encoded surrogates and overlongs.
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise MalformedPacket(f"ill-formed UTF-8 string: {exc.reason} at byte {exc.start}") from None
+        raise MalformedPacket(
+            f"ill-formed UTF-8 string: {exc.reason} at byte {exc.start}"
+        ) from None
     if "\x00" in text:
         raise MalformedPacket("UTF-8 string contains U+0000")
     return text

@@ -143,7 +143,9 @@ def _where(packet: int) -> str:
     return "Will" if packet == WILL else PacketType(packet).name
 
 
-def read_properties(buf: bytes, pos: int, end: int, packet: int) -> tuple[Properties, int]:
+def read_properties(
+    buf: bytes | bytearray, pos: int, end: int, packet: int
+) -> tuple[Properties, int]:
     """Read a property block at ``pos``; returns the properties and the position after."""
     length, pos = read_varint(buf, pos, end)
     stop = pos + length
@@ -242,4 +244,6 @@ def _encode_value(kind: Kind, value: Any, ident: int) -> bytes:
         name, text = value
         return encode_string(name) + encode_string(text)
     except (ValueError, OverflowError, TypeError) as exc:
-        raise LocalProtocolError(f"bad value {value!r} for property {_NAMES[ident]}: {exc}") from exc
+        raise LocalProtocolError(
+            f"bad value {value!r} for property {_NAMES[ident]}: {exc}"
+        ) from exc
