@@ -114,15 +114,21 @@ def midge(tmp_path: Path) -> Iterator[Callable[..., Midge]]:
 
 def write_config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / f"midge-{uuid.uuid4().hex[:6]}.toml"
+    if ALLOW_MARKER in text:
+        text += "\n[plugins.auth_allow]\n"
     path.write_text(text)
     return path
 
 
 def listener(port: int, *, anonymous: bool | None = True, extra: str = "") -> str:
+    """A [[listeners]] table; ``anonymous`` asks write_config to activate auth_allow."""
     lines = ["[[listeners]]", 'type = "tcp"', 'host = "127.0.0.1"', f"port = {port}"]
-    if anonymous is not None:
-        lines.append(f"allow_anonymous = {'true' if anonymous else 'false'}")
-    return "\n".join(lines) + "\n" + extra + "\n"
+    marker = f"{ALLOW_MARKER}\n" if anonymous else ""
+    return marker + "\n".join(lines) + "\n" + extra + "\n"
+
+
+#: a comment listener() leaves for write_config: the file needs [plugins.auth_allow]
+ALLOW_MARKER = "# allow anonymous clients"
 
 
 class Raw:
@@ -262,7 +268,7 @@ def test_config_listener_refuses_anonymous_by_default(
     midge: Callable[..., Midge], raw: Callable[[int, int], Raw], tmp_path: Path,
     level: int, code: int,
 ) -> None:
-    """allow_anonymous is false unless a config file says otherwise."""
+    """With a config file and no auth plugin, every connection is refused."""
     port = free_port()
     process = midge("-c", str(write_config(tmp_path, listener(port, anonymous=None))))
     process.wait_listening(port)
@@ -288,8 +294,12 @@ CONFIG_ERRORS = [
                  id="out-of-range"),
     pytest.param("", '[[listeners]]\ntype = "udp"\nport = 1\n', "listeners[1].type",
                  id="unknown-listener-type"),
-    pytest.param("", '[[listeners]]\nport = 1\nallow_anonymous = "yes"\n',
-                 "listeners[1].allow_anonymous", id="listener-bad-value-type"),
+    pytest.param("", '[[listeners]]\nport = 1\nallow_anonymous = true\n',
+                 "listeners[1].allow_anonymous", id="listener-anonymous-not-a-key"),
+    pytest.param("", '[[listeners]]\nport = "1883"\n',
+                 "listeners[1].port", id="listener-bad-value-type"),
+    pytest.param("[plugins.no_such_plugin]\n", "", "no_such_plugin",
+                 id="plugin-not-installed"),
     pytest.param("", "[[listeners]]\nport = 70000\n", "listeners[1].port",
                  id="listener-port-out-of-range"),
 ]

@@ -15,6 +15,16 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Broker": "midge.broker",
+    "Client": "midge.connection",
+    "DropPacket": "midge.errors",
+    "InlineSubscription": "midge.inline",
+    "PluginConfigError": "midge.errors",
+    "PluginError": "midge.plugins",
+    "RejectPublish": "midge.errors",
+    "Refuse": "midge.errors",
+    "Route": "midge.topics",
+    "hookimpl": "midge.hookspecs",
+    "hookspec": "midge.hookspecs",
     "BrokerSettings": "midge.config",
     "ConfigError": "midge.config",
     "ListenerSettings": "midge.config",
@@ -26,6 +36,16 @@ _EXPORTS = {
 
 __all__ = [
     "Broker",
+    "Client",
+    "DropPacket",
+    "InlineSubscription",
+    "PluginConfigError",
+    "PluginError",
+    "RejectPublish",
+    "Refuse",
+    "Route",
+    "hookimpl",
+    "hookspec",
     "BrokerSettings",
     "ConfigError",
     "ListenerSettings",
@@ -40,6 +60,12 @@ __all__ = [
 if TYPE_CHECKING:
     from . import codec
     from .broker import Broker
+    from .connection import Connection as Client
+    from .errors import DropPacket, PluginConfigError, Refuse, RejectPublish
+    from .hookspecs import hookimpl, hookspec
+    from .inline import InlineSubscription
+    from .plugins import PluginError
+    from .topics import Route
     from .codec import ReasonCode
     from .config import BrokerSettings, ConfigError, ListenerSettings, Settings
     from .message import Message
@@ -52,6 +78,6 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'midge' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
+    value = getattr(import_module(module), "Connection" if name == "Client" else name)
     globals()[name] = value
     return value

@@ -1,48 +1,28 @@
 """The Broker: listeners, the client registry, sessions, routing, wills and expiry.
 
 The rule: routing never awaits. A PUBLISH is matched against the trie and appended to
-each subscriber's connection buffer or session queue before the next packet is read;
-only CONNECT (which may have to wait for plugins later) is a coroutine.
+each subscriber's connection buffer or session queue before the next packet is read.
+Plugins see every event through ``self.hooks``; a hook nobody implements is None and
+costs one attribute test.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 import anyio
 from anyio.abc import SocketAttribute, TaskGroup, TaskStatus
 
-from .codec import (
-    PROTOCOL_5,
-    SUBACK_FAILURE,
-    Auth,
-    ConnAck,
-    Connect,
-    Disconnect,
-    PingReq,
-    PingResp,
-    Property,
-    ProtocolViolation,
-    PubAck,
-    PubComp,
-    Publish,
-    PubRec,
-    PubRel,
-    ReasonCode,
-    RemoteProtocolError,
-    SubAck,
-    Subscribe,
-    UnsubAck,
-    Unsubscribe,
-    connack_code_v3,
-)
+from .access import ListenerAccess, SysPublisher
+from .codec import ReasonCode, RemoteProtocolError, Subscription, Will
 from .config import ListenerSettings, Settings
 from .connection import Connection
+from .handlers import Handlers
+from .inline import InlineMixin
 from .message import Message
+from .plugins import Hooks, activate
 from .session import Enqueued, Outbound, Session
 from .stats import Stats
 from .topics import RetainedIndex, SubscriptionTrie
@@ -55,13 +35,21 @@ clients_log = logging.getLogger("midge.clients")
 SWEEP_INTERVAL = 0.5
 #: seconds connections get to close when the broker stops
 SHUTDOWN_GRACE = 5.0
-NEVER = 0xFFFFFFFF
+#: per-client ACL decisions remembered before the cache is cleared
+ACL_CACHE_LIMIT = 1024
 
 
-class Broker:
-    """An MQTT broker. ``await broker.run()`` serves until ``shutdown()``."""
+class Broker(Handlers, InlineMixin):
+    """An MQTT broker. ``await broker.run()`` serves until ``shutdown()``; or use
+    ``async with Broker(settings) as broker:`` to run it inside another anyio program.
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    ``plugins`` adds plugin objects directly, (name, object) pairs called before the
+    ones the settings activate through entry points.
+    """
+
+    def __init__(
+        self, settings: Settings | None = None, plugins: list[tuple[str, Any]] | None = None
+    ) -> None:
         self.settings = settings or Settings.default()
         self.limits = self.settings.broker
         self.stats = Stats()
@@ -74,31 +62,80 @@ class Broker:
         #: every open network connection, before and after CONNECT
         self.connections: set[Connection] = set()
         #: offline sessions with a finite expiry
-        self._expiring: dict[str, Session] = {}
+        self.expiring: dict[str, Session] = {}
         self._service_scope: anyio.CancelScope | None = None
         self._conns_tg: TaskGroup | None = None
         #: (host, port) actually bound, per listener, once running
         self.addresses: list[tuple[str, int]] = []
-        max_inflight = self.limits.max_inflight_messages
-        self._max_inflight = max_inflight or 65535
-        self.handlers: dict[type[Any], Callable[[Connection, Any], None]] = {
-            Publish: self._on_publish,
-            PubAck: self._on_puback,
-            PubRec: self._on_pubrec,
-            PubRel: self._on_pubrel,
-            PubComp: self._on_pubcomp,
-            Subscribe: self._on_subscribe,
-            Unsubscribe: self._on_unsubscribe,
-            PingReq: self._on_pingreq,
-            Disconnect: self._on_disconnect,
-            Auth: self._on_auth,
-        }
+        self.max_inflight = self.limits.max_inflight_messages or 65535
+        extra = list(plugins or [])
+        self.hooks: Hooks = activate(
+            self.settings.plugins, internal=self._internal_plugins(extra), extra=extra
+        )
+        self.handlers = self.packet_handlers()
+        InlineMixin.__init__(self)
+
+    def _internal_plugins(self, extra: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        internal: list[tuple[str, Any]] = [("midge.access", ListenerAccess())]
+        if self.limits.sys_interval:
+            internal.append(("midge.sys", SysPublisher()))
+        return internal
 
     # -- running -------------------------------------------------------------------------
 
+    async def __aenter__(self) -> Broker:
+        self._outer_tg = anyio.create_task_group()
+        await self._outer_tg.__aenter__()
+        await self._outer_tg.start(self.run)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        self.shutdown()
+        return await self._outer_tg.__aexit__(*exc_info)
+
     async def run(self, *, task_status: TaskStatus[Broker] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind every listener, serve until ``shutdown()``, then close gracefully."""
-        listeners = []
+        listeners = await self._bind()
+        hooks = self.hooks
+        if not hooks.auth_configured and not any(
+            spec.allow_anonymous for spec in self.settings.listeners
+        ):
+            log.warning(
+                "no authentication plugin is active: every connection will be refused "
+                "(activate one, e.g. [plugins.auth_allow] or [plugins.auth_ledger])"
+            )
+        try:
+            await self._restore()
+            async with anyio.create_task_group() as conns:
+                self._conns_tg = conns
+                async with anyio.create_task_group() as service:
+                    self._service_scope = service.cancel_scope
+                    service.start_soon(hooks.run_deferred)
+                    if hooks.on_started is not None:
+                        await hooks.call_awaiting("on_started", self)
+                    for listener, spec in listeners:
+                        service.start_soon(self._accept_loop, listener, spec)
+                    service.start_soon(self._sweep_loop)
+                    if self.limits.sys_interval and hooks.on_sys_info_tick is not None:
+                        service.start_soon(self._sys_loop)
+                    task_status.started(self)
+                log.info("shutting down: closing %d connections", len(self.connections))
+                for listener, _ in listeners:
+                    await listener.aclose()
+                for conn in list(self.connections):
+                    conn.kill(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
+                conns.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE):
+                await hooks.drain()
+                if hooks.on_stopped is not None:
+                    await hooks.call_awaiting("on_stopped", self)
+            for listener, _ in listeners:
+                await listener.aclose()
+        log.info("stopped")
+
+    async def _bind(self) -> list[tuple[Any, ListenerSettings]]:
+        listeners: list[tuple[Any, ListenerSettings]] = []
         try:
             for spec in self.settings.listeners:
                 try:
@@ -123,26 +160,20 @@ class Broker:
             for listener, _ in listeners:
                 await listener.aclose()
             raise
-        async with anyio.create_task_group() as conns:
-            self._conns_tg = conns
-            async with anyio.create_task_group() as service:
-                self._service_scope = service.cancel_scope
-                for listener, spec in listeners:
-                    service.start_soon(self._accept_loop, listener, spec)
-                service.start_soon(self._sweep_loop)
-                task_status.started(self)
-            log.info("shutting down: closing %d connections", len(self.connections))
-            for listener, _ in listeners:
-                await listener.aclose()
-            for conn in list(self.connections):
-                conn.kill(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
-            conns.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE
-        log.info("stopped")
+        return listeners
 
     def shutdown(self) -> None:
         """Stop accepting, tell v5 clients 0x8B, close every connection, return from run."""
         if self._service_scope is not None:
             self._service_scope.cancel()
+
+    def reload(self) -> None:
+        """SIGHUP: let plugins re-read their files; forget cached ACL decisions."""
+        log.info("reloading")
+        if self.hooks.on_reload is not None:
+            self.hooks.on_reload(self)
+        for conn in self.connections:
+            conn.acl_cache.clear()
 
     async def _accept_loop(self, listener: Any, spec: ListenerSettings) -> None:
         assert self._conns_tg is not None
@@ -158,10 +189,10 @@ class Broker:
 
     async def _serve_connection(self, stream: Any, spec: ListenerSettings) -> None:
         try:
-            host, port = stream.extra(SocketAttribute.remote_address)[:2]
-            remote = f"{host}:{port}"
+            address = stream.extra(SocketAttribute.remote_address)
+            remote_host, remote = str(address[0]), f"{address[0]}:{address[1]}"
         except Exception:
-            remote = "?"
+            remote_host = remote = "?"
         if len(self.connections) >= self.limits.max_connections:
             log.warning(
                 "refusing connection from %s: max_connections %d reached",
@@ -170,6 +201,7 @@ class Broker:
             await stream.aclose()
             return
         conn = Connection(self, stream, spec, remote, self.limits.max_packet_size)
+        conn.remote_host = remote_host
         self.connections.add(conn)
         self.stats.connections_total += 1
         try:
@@ -181,6 +213,21 @@ class Broker:
         while True:
             await anyio.sleep(SWEEP_INTERVAL)
             self.sweep(time.monotonic())
+
+    async def _sys_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.limits.sys_interval)
+            if self.hooks.on_sys_info_tick is not None:
+                self.hooks.on_sys_info_tick(self, self.sys_info())
+
+    def sys_info(self) -> dict[str, Any]:
+        """The counters given to ``on_sys_info_tick``."""
+        info: dict[str, Any] = self.stats.as_dict()
+        info["uptime"] = int(time.time() - self.stats.started)
+        info["sessions"] = len(self.sessions)
+        info["subscriptions"] = len(self.trie)
+        info["retained_messages"] = len(self.retained)
+        return info
 
     def sweep(self, now: float) -> None:
         """Close connections past their CONNECT timeout or keepalive; expire sessions."""
@@ -198,139 +245,51 @@ class Broker:
                     "client %s: keepalive of %d s expired; closing", conn.name, conn.keepalive
                 )
                 conn.kill(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
-        if self._expiring:
-            for cid, session in list(self._expiring.items()):
+        if self.expiring:
+            for cid, session in list(self.expiring.items()):
                 if session.expires_at is not None and session.expires_at <= now:
                     clients_log.info("session %s expired", cid)
-                    self._discard_session(session)
+                    self.discard_session(session)
+                    if self.hooks.on_client_expired is not None:
+                        self.hooks.on_client_expired(cid)
 
-    # -- CONNECT -------------------------------------------------------------------------
+    # -- stored state --------------------------------------------------------------------
 
-    async def connect(self, conn: Connection, packet: Connect) -> None:
-        """Handle CONNECT: validate, authenticate, take over or resume, answer CONNACK."""
-        level = conn.protocol_level = packet.protocol_level
-        v5 = level == PROTOCOL_5
-        props = packet.properties
-        cid = packet.client_id
-        assigned = False
-        if len(cid.encode()) > self.limits.max_client_id_length:
-            return self._refuse(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
-        if not cid:
-            if level == 3 or not packet.clean_start:
-                return self._refuse(
-                    conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-                    "empty client id without clean session",
-                )
-            cid = "midge" + uuid.uuid4().hex[:18]
-            assigned = True
-        conn.client_id = cid
-        keepalive = packet.keepalive
-        server_keepalive = None
-        max_keepalive = self.limits.max_keepalive
-        if max_keepalive < 65535 and (keepalive > max_keepalive or keepalive == 0):
-            if v5:
-                server_keepalive = keepalive = max_keepalive
-            elif keepalive > max_keepalive:
-                # v3 cannot be told another keepalive; Mosquitto answers the same way
-                return self._refuse(
-                    conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-                    f"keepalive {keepalive} s exceeds max_keepalive {max_keepalive}",
-                )
-        if Property.AUTHENTICATION_METHOD in props:
-            return self._refuse(
-                conn, ReasonCode.BAD_AUTHENTICATION_METHOD,
-                f"authentication method {props[Property.AUTHENTICATION_METHOD]!r} is not supported",
-            )
-        refusal = self._authenticate(conn, packet)
-        if refusal is not None:
-            return self._refuse(conn, refusal, "not authorized")
-
-        old = self.clients.get(cid)
-        if old is not None and old is not conn:
-            clients_log.info(
-                "client %s: session taken over by a new connection from %s", cid, conn.remote
-            )
-            old.session = None
-            old.kill(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
-            del self.clients[cid]
-        session = self.sessions.get(cid)
-        # a session with expiry 0 (a clean session) ends with the connection just taken
-        # over: its state must not be reused [MQTT-3.1.2-6] (MQTT 5 section 3.1.2.11.2)
-        if session is not None and (packet.clean_start or session.expiry_interval == 0):
-            self._discard_session(session)
-            session = None
-        present = session is not None
-        if session is None:
-            session = Session(cid, level, self._max_inflight, self.limits.max_queued_messages)
-            self.sessions[cid] = session
-        self._expiring.pop(cid, None)
-        session.protocol_level = level
-        session.max_inflight = self._max_inflight
-        if v5:
-            receive_max = props.get(Property.RECEIVE_MAXIMUM)
-            if receive_max:
-                session.max_inflight = min(receive_max, self._max_inflight)
-            conn.max_packet_out = props.get(Property.MAXIMUM_PACKET_SIZE, conn.max_packet_out)
-            conn.problem_info = props.get(Property.REQUEST_PROBLEM_INFORMATION, 1) == 1
-        ack_props: dict[int, Any] = {}
-        if v5:
-            expiry = props.get(Property.SESSION_EXPIRY_INTERVAL, 0)
-            if expiry > self.limits.session_expiry_max:
-                expiry = self.limits.session_expiry_max
-                ack_props[Property.SESSION_EXPIRY_INTERVAL] = expiry
-            session.expiry_interval = None if expiry == NEVER else expiry
-        elif packet.clean_start:
-            session.expiry_interval = 0
-        else:
-            session.expiry_interval = self.limits.persistent_session_expiry or None
-
-        conn.keepalive = keepalive
-        conn.will = packet.will
-        conn.username = packet.username
-        conn.session = session
-        conn.connected = True
-        self.clients[cid] = conn
-        if v5:
-            if assigned:
-                ack_props[Property.ASSIGNED_CLIENT_IDENTIFIER] = cid
-            if server_keepalive is not None:
-                ack_props[Property.SERVER_KEEP_ALIVE] = server_keepalive
-            ack_props[Property.RECEIVE_MAXIMUM] = self.limits.receive_maximum
-            if self.limits.max_packet_size < 268_435_455:
-                ack_props[Property.MAXIMUM_PACKET_SIZE] = self.limits.max_packet_size
-            ack_props[Property.TOPIC_ALIAS_MAXIMUM] = 0
-            ack_props[Property.SHARED_SUBSCRIPTION_AVAILABLE] = 0
-        conn.send(ConnAck(0, present, ack_props))
-        self.stats.clients_connected = len(self.clients)
-        clients_log.info(
-            "client %s connected from %s (MQTT %s, clean=%s, keepalive=%d, session present=%s)",
-            cid, conn.remote, {3: "3.1", 4: "3.1.1", 5: "5.0"}[level],
-            packet.clean_start, keepalive, present,
-        )
-        for out in session.resume():
-            if out.released:
-                conn.send(PubRel(out.packet_id))
-            else:
-                self._write_publish(conn, out, dup=True)
-        self._pump(conn, session)
-
-    def _authenticate(self, conn: Connection, packet: Connect) -> ReasonCode | None:
-        """None to accept; a refusal reason code otherwise."""
-        if conn.listener.allow_anonymous:
-            return None
-        if packet.username is None:
-            return ReasonCode.NOT_AUTHORIZED
-        return ReasonCode.BAD_USERNAME_OR_PASSWORD
-
-    def _refuse(self, conn: Connection, reason: ReasonCode, why: str) -> None:
-        log.warning(
-            "client %s from %s refused: %s (0x%02X)", conn.name, conn.remote, why, int(reason)
-        )
-        conn.close_reason = f"refused: {why}"
-        if conn.protocol_level == PROTOCOL_5:
-            conn.send(ConnAck(reason))
-        else:
-            conn.send(ConnAck(connack_code_v3(reason)))
+    async def _restore(self) -> None:
+        """Ask storage plugins for the state to continue from, once, in hookspec order."""
+        hooks = self.hooks
+        if hooks.stored_clients is not None:
+            for entry in await hooks.call_awaiting("stored_clients") or ():
+                session = Session(entry["client_id"], 4, self.max_inflight,
+                                  self.limits.max_queued_messages)
+                session.expiry_interval = entry.get("expiry_interval")
+                if session.expiry_interval is not None:
+                    session.expires_at = time.monotonic() + session.expiry_interval
+                    self.expiring[session.client_id] = session
+                self.sessions[session.client_id] = session
+        if hooks.stored_subscriptions is not None:
+            for entry in await hooks.call_awaiting("stored_subscriptions") or ():
+                session = self.sessions.get(entry["client_id"])
+                if session is None:
+                    continue
+                sub: Subscription = entry["subscription"]
+                sid = int(entry.get("identifier", 0))
+                self.trie.add(session.client_id, sub, sid)
+                session.subscriptions[sub.topic_filter] = (sub, sid)
+        if hooks.stored_inflight_messages is not None:
+            for entry in await hooks.call_awaiting("stored_inflight_messages") or ():
+                session = self.sessions.get(entry["client_id"])
+                if session is not None:
+                    session.enqueue(Outbound(entry["message"], entry["qos"], entry["retain"]))
+        if hooks.stored_retained_messages is not None:
+            for message in await hooks.call_awaiting("stored_retained_messages") or ():
+                self.retained.set(message.topic, message)
+        if hooks.stored_sys_info is not None:
+            info = await hooks.call_awaiting("stored_sys_info") or {}
+            for key in ("messages_received", "messages_sent", "messages_dropped",
+                        "connections_total"):
+                if key in info:
+                    setattr(self.stats, key, int(info[key]))
 
     # -- disconnects, wills, expiry ------------------------------------------------------
 
@@ -344,89 +303,86 @@ class Broker:
             self.stats.clients_connected = len(self.clients)
         session = conn.session
         conn.session = None
+        expire = False
         if session is not None:
             session.online = False
             if session.expiry_interval == 0:
-                self._discard_session(session)
+                expire = True
+                self.discard_session(session)
             elif session.expiry_interval is not None:
                 session.expires_at = time.monotonic() + session.expiry_interval
-                self._expiring[cid] = session
+                self.expiring[cid] = session
         clients_log.info("client %s disconnected: %s", cid, conn.close_reason or "closed")
+        hooks = self.hooks
+        if hooks.on_disconnect is not None:
+            hooks.on_disconnect(conn, None if conn.clean_disconnect else conn.close_reason,
+                                expire)
         will = conn.will
         conn.will = None
         if will is not None and not conn.clean_disconnect:
-            clients_log.info("client %s: publishing its will to %s", cid, will.topic)
-            self.route(Message(will.topic, will.payload, will.qos, will.retain,
-                               will.properties, origin=cid))
+            self.publish_will(conn, will)
 
-    def _discard_session(self, session: Session) -> None:
+    def publish_will(self, conn: Connection, will: Will) -> None:
+        hooks = self.hooks
+        if hooks.on_will is not None:
+            will = hooks.on_will(conn, will)
+        clients_log.info("client %s: publishing its will to %s", conn.client_id, will.topic)
+        self.route(Message(will.topic, will.payload, will.qos, will.retain, will.properties,
+                           origin=conn.client_id), conn)
+        if hooks.on_will_sent is not None:
+            hooks.on_will_sent(conn, will)
+
+    def discard_session(self, session: Session) -> None:
         cid = session.client_id
         for topic_filter in session.subscriptions:
             self.trie.remove(cid, topic_filter)
         session.subscriptions.clear()
         session.clear_queue()
-        self._expiring.pop(cid, None)
+        self.expiring.pop(cid, None)
         if self.sessions.get(cid) is session:
             del self.sessions[cid]
 
-    # -- PUBLISH and its acknowledgements ------------------------------------------------
+    # -- routing -------------------------------------------------------------------------
 
-    def _on_publish(self, conn: Connection, packet: Publish) -> None:
-        session = conn.session
-        assert session is not None
-        qos = packet.qos
-        v5 = conn.protocol_level == PROTOCOL_5
-        if v5 and Property.TOPIC_ALIAS in packet.properties:
-            raise RemoteProtocolError(
-                ReasonCode.TOPIC_ALIAS_INVALID, "topic alias used but the maximum is 0"
-            )
-        topic = packet.topic
-        self._check_topic(topic, ReasonCode.TOPIC_NAME_INVALID)
-        self.stats.messages_received += 1
-        if qos == 2:
-            if packet.packet_id in session.inbound_qos2:
-                conn.send(PubRec(packet.packet_id))  # a resent duplicate: ack, don't route
-                return
-            if len(session.inbound_qos2) >= self.limits.receive_maximum:
-                raise RemoteProtocolError(
-                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
-                    f"more than {self.limits.receive_maximum} QoS 2 messages unacknowledged",
-                )
-        code = ReasonCode.SUCCESS
-        if topic.startswith("$"):
-            log.warning("client %s may not publish to %s; dropped", conn.client_id, topic)
-            code = ReasonCode.NOT_AUTHORIZED
-        else:
-            message = Message(topic, packet.payload, qos, packet.retain, packet.properties,
-                              conn.client_id)
-            if not self.route(message) and qos and v5:
-                code = ReasonCode.NO_MATCHING_SUBSCRIBERS
-        if qos == 1:
-            conn.send(PubAck(packet.packet_id, code if v5 else 0))
-        elif qos == 2:
-            if code < 0x80:
-                session.inbound_qos2.add(packet.packet_id)
-            conn.send(PubRec(packet.packet_id, code if v5 else 0))
-
-    def _check_topic(self, topic: str, reason: ReasonCode) -> None:
-        if len(topic) > self.limits.max_topic_length and len(topic.encode()) > \
-                self.limits.max_topic_length:
-            raise RemoteProtocolError(reason, f"topic longer than {self.limits.max_topic_length}")
+    def check_topic(self, topic: str, reason: ReasonCode) -> None:
+        """Enforce the configured topic length and depth."""
+        limit = self.limits.max_topic_length
+        if len(topic) > limit and len(topic.encode()) > limit:
+            raise RemoteProtocolError(reason, f"topic longer than {limit}")
         if topic.count("/") >= self.limits.max_topic_levels:
-            raise RemoteProtocolError(
-                reason, f"topic has more than {self.limits.max_topic_levels} levels"
-            )
+            raise RemoteProtocolError(reason, f"topic has more than {self.limits.max_topic_levels} levels")
 
-    def route(self, message: Message) -> int:
+    def allowed(self, conn: Connection, topic: str, write: bool) -> bool:
+        """The ACL vote for ``conn`` and ``topic``, cached per client until a reload."""
+        acl = self.hooks.on_acl_check
+        if acl is None:
+            return False
+        cache = conn.acl_cache
+        key = (topic, write)
+        decision = cache.get(key)
+        if decision is None:
+            decision = acl(conn, topic, write) is True
+            if len(cache) >= ACL_CACHE_LIMIT:
+                cache.clear()
+            cache[key] = decision
+        return decision
+
+    def route(self, message: Message, publisher: Connection | None = None) -> int:
         """Retain and deliver a message to every matching subscriber; returns the count."""
+        hooks = self.hooks
         if message.retain:
             if message.payload:
                 self.retained.set(message.topic, message)
             else:
                 self.retained.discard(message.topic)
+            if hooks.on_retain_message is not None:
+                hooks.on_retain_message(publisher, message, bool(message.payload))
         origin = message.origin
+        routes = self.trie.match(message.topic)
+        if hooks.on_select_subscribers is not None:
+            routes = hooks.on_select_subscribers(message, list(routes))
         delivered = 0
-        for route in self.trie.match(message.topic):
+        for route in routes:
             if route.client_id == origin:
                 qos = route.qos_if_own
                 if qos < 0:
@@ -440,6 +396,8 @@ class Broker:
                 message.retain and route.retain_as_published, route.subscription_ids,
             )
             delivered += 1
+        if self.inline_subscribers:
+            delivered += self.deliver_inline(message)
         return delivered
 
     def deliver(
@@ -452,152 +410,76 @@ class Broker:
             if conn is None:
                 return
             if conn.backlog >= self.limits.max_queued_messages:
-                self.stats.messages_dropped += 1
-                return
+                return self._dropped(conn, message, "outbound buffer full")
+            if not self.allowed(conn, message.topic, False):
+                return self._dropped(conn, message, "not authorized")
             frame = message.frame(conn.protocol_level, 0, retain, 0, subscription_ids)
             if len(frame) > conn.max_packet_out:
-                self.stats.messages_dropped += 1
-                return
-            conn.write(frame)
+                return self._dropped(conn, message, "larger than the client's maximum")
+            if self.hooks.packet_hooks:
+                conn.send_publish(message, 0, retain, 0, subscription_ids, False)
+            else:
+                conn.write(frame)
             self.stats.messages_sent += 1
-            return
+            return None
         session = self.sessions.get(client_id)
         if session is None:
-            return
+            return None
         out = Outbound(message, qos, retain, subscription_ids)
         result = session.enqueue(out)
         if result is Enqueued.SEND:
             assert conn is not None
-            self._write_publish(conn, out)
+            self.write_publish(conn, out)
         elif result is Enqueued.DROPPED:
-            self.stats.messages_dropped += 1
-            log.debug("client %s: session queue full; message to %s dropped",
-                      client_id, message.topic)
+            self._dropped(conn, message, "session queue full")
+        elif result is Enqueued.NO_PACKET_ID and conn is not None:
+            if self.hooks.on_packet_id_exhausted is not None:
+                self.hooks.on_packet_id_exhausted(conn, message)
+        return None
 
-    def _write_publish(self, conn: Connection, out: Outbound, dup: bool = False) -> None:
-        frame = out.message.frame(
-            conn.protocol_level, out.qos, out.retain, out.packet_id, out.subscription_ids, dup
-        )
-        if len(frame) > conn.max_packet_out:
-            # too big for this client: complete the flow on its behalf
-            self.stats.messages_dropped += 1
+    def _dropped(self, conn: Connection | None, message: Message, reason: str) -> None:
+        self.stats.messages_dropped += 1
+        log.debug("message to %s for %s dropped: %s", message.topic,
+                  conn.client_id if conn else "an offline client", reason)
+        if self.hooks.on_publish_dropped is not None:
+            self.hooks.on_publish_dropped(conn, message, reason)
+
+    def write_publish(self, conn: Connection, out: Outbound, dup: bool = False) -> None:
+        """Write a QoS 1/2 delivery that holds a packet id (or abandon it)."""
+        message = out.message
+        reason = None
+        if not self.allowed(conn, message.topic, False):
+            reason = "not authorized"
+        else:
+            frame = message.frame(
+                conn.protocol_level, out.qos, out.retain, out.packet_id, out.subscription_ids,
+                dup,
+            )
+            if len(frame) > conn.max_packet_out:
+                reason = "larger than the client's maximum"
+        if reason is not None:
+            # complete the flow on the client's behalf so the queue behind it moves
             session = conn.session
             if session is not None:
                 session.drop(out.packet_id)
-            return
-        conn.write(frame)
+            if self.hooks.on_qos_dropped is not None:
+                self.hooks.on_qos_dropped(conn, out.packet_id, reason)
+            return self._dropped(conn, message, reason)
+        if self.hooks.packet_hooks:
+            conn.send_publish(message, out.qos, out.retain, out.packet_id,
+                              out.subscription_ids, dup)
+        else:
+            conn.write(frame)
         self.stats.messages_sent += 1
+        if self.hooks.on_qos_publish is not None:
+            self.hooks.on_qos_publish(conn, message, out.packet_id, dup)
+        return None
 
-    def _pump(self, conn: Connection, session: Session) -> None:
-        # a delivery too large for the client is dropped by _write_publish and frees its
-        # slot at once; refill until nothing moves, or the queue behind it stalls for good
+    def pump(self, conn: Connection, session: Session) -> None:
+        """Move queued deliveries into free inflight slots and send them."""
+        # a delivery abandoned by write_publish frees its slot at once; refill until
+        # nothing moves, or the queue behind it stalls for good
         while ready := session.sendable():
             for out in ready:
-                self._write_publish(conn, out)
+                self.write_publish(conn, out)
 
-    def _on_puback(self, conn: Connection, packet: PubAck) -> None:
-        session = conn.session
-        assert session is not None
-        if session.puback(packet.packet_id) is not None and session.pending:
-            self._pump(conn, session)
-
-    def _on_pubrec(self, conn: Connection, packet: PubRec) -> None:
-        session = conn.session
-        assert session is not None
-        if packet.reason_code >= 0x80:
-            session.drop(packet.packet_id)
-            self._pump(conn, session)
-            return
-        if session.pubrec(packet.packet_id) is None and conn.protocol_level == PROTOCOL_5:
-            conn.send(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
-            return
-        conn.send(PubRel(packet.packet_id))
-
-    def _on_pubrel(self, conn: Connection, packet: PubRel) -> None:
-        session = conn.session
-        assert session is not None
-        pid = packet.packet_id
-        if pid in session.inbound_qos2:
-            session.inbound_qos2.discard(pid)
-            conn.send(PubComp(pid))
-        elif conn.protocol_level == PROTOCOL_5:
-            conn.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
-        else:
-            conn.send(PubComp(pid))
-
-    def _on_pubcomp(self, conn: Connection, packet: PubComp) -> None:
-        session = conn.session
-        assert session is not None
-        if session.pubcomp(packet.packet_id) is not None:
-            self._pump(conn, session)
-
-    # -- SUBSCRIBE / UNSUBSCRIBE ---------------------------------------------------------
-
-    def _on_subscribe(self, conn: Connection, packet: Subscribe) -> None:
-        session = conn.session
-        assert session is not None
-        v5 = conn.protocol_level == PROTOCOL_5
-        sids = packet.properties.get(Property.SUBSCRIPTION_IDENTIFIER)
-        sid = sids[0] if sids else 0
-        codes: list[int] = []
-        granted = []
-        for sub in packet.subscriptions:
-            topic_filter = sub.topic_filter
-            self._check_topic(topic_filter, ReasonCode.TOPIC_FILTER_INVALID)
-            if topic_filter.startswith("$share/"):
-                log.warning(
-                    "client %s: shared subscription %s refused: not supported yet",
-                    conn.client_id, topic_filter,
-                )
-                codes.append(
-                    ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else SUBACK_FAILURE
-                )
-                continue
-            new = self.trie.add(session.client_id, sub, sid)
-            session.subscriptions[topic_filter] = (sub, sid)
-            codes.append(sub.qos)
-            granted.append((sub, new))
-        conn.send(SubAck(packet.packet_id, codes))
-        for sub, new in granted:
-            if sub.retain_handling == 2 or (sub.retain_handling == 1 and not new):
-                continue
-            for message in self.retained.match(sub.topic_filter):
-                qos = min(message.qos, sub.qos)
-                self.deliver(session.client_id, message, qos, True, (sid,) if sid else ())
-
-    def _on_unsubscribe(self, conn: Connection, packet: Unsubscribe) -> None:
-        session = conn.session
-        assert session is not None
-        codes: list[int] = []
-        for topic_filter in packet.topic_filters:
-            existed = self.trie.remove(session.client_id, topic_filter)
-            session.subscriptions.pop(topic_filter, None)
-            codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        conn.send(UnsubAck(packet.packet_id, codes if conn.protocol_level == PROTOCOL_5 else []))
-
-    # -- the rest ------------------------------------------------------------------------
-
-    def _on_pingreq(self, conn: Connection, packet: PingReq) -> None:
-        conn.send(PingResp())
-
-    def _on_disconnect(self, conn: Connection, packet: Disconnect) -> None:
-        session = conn.session
-        if conn.protocol_level == PROTOCOL_5 and session is not None:
-            expiry = packet.properties.get(Property.SESSION_EXPIRY_INTERVAL)
-            if expiry is not None:
-                if session.expiry_interval == 0 and expiry:
-                    raise ProtocolViolation(
-                        "DISCONNECT may not set a session expiry when CONNECT set 0"
-                    )
-                expiry = min(expiry, self.limits.session_expiry_max)
-                session.expiry_interval = None if expiry == NEVER else expiry
-        # only Normal disconnection (0x00) discards the will; 0x04 and every error reason
-        # leave it to be published (MQTT 5 sections 3.1.2.5 and 3.14, [MQTT-3.14.4-3])
-        conn.clean_disconnect = packet.reason_code == ReasonCode.NORMAL_DISCONNECTION
-        conn.finish(
-            "client sent DISCONNECT" if conn.clean_disconnect
-            else f"client sent DISCONNECT 0x{packet.reason_code:02X}"
-        )
-
-    def _on_auth(self, conn: Connection, packet: Auth) -> None:
-        raise ProtocolViolation("AUTH without an authentication method in CONNECT")

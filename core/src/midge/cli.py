@@ -22,6 +22,7 @@ import anyio
 from . import __version__
 from .broker import Broker
 from .config import ConfigError, Settings, load
+from .plugins import PluginError
 
 log = logging.getLogger("midge")
 
@@ -43,7 +44,9 @@ class JsonFormatter(logging.Formatter):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="midge", description="midge: an MQTT 5.0 / 3.1.1 / 3.1 broker."
+        prog="midge", description="midge: an MQTT 5.0 / 3.1.1 / 3.1 broker.",
+        epilog="other commands: 'midge plugins [-c FILE]' lists installed plugins; "
+        "'midge passwd' prints a password hash for the auth_ledger plugin",
     )
     parser.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file")
     parser.add_argument(
@@ -102,14 +105,18 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def serve(settings: Settings) -> None:
-    broker = Broker(settings)
+async def serve(broker: Broker) -> None:
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with anyio.open_signal_receiver(
+                signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+            ) as signals:
                 async for signum in signals:
                     log.info("received %s", signal.Signals(signum).name)
+                    if signum == signal.SIGHUP:
+                        broker.reload()
+                        continue
                     broker.shutdown()
                     return
 
@@ -127,6 +134,15 @@ def _backend_options() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plugins"]:
+        from .cli_plugins import list_plugins
+
+        return list_plugins(argv[1:])
+    if argv[:1] == ["passwd"]:
+        from .cli_plugins import passwd
+
+        return passwd(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet, args.log_format)
@@ -137,11 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"midge: configuration error: {exc}\n")
         return 2
+    try:
+        broker = Broker(settings)
+    except PluginError as exc:
+        sys.stderr.write(f"midge: {settings.source}: {exc}\n")
+        return 2
     raise_fd_limit()
     log.info("midge %s starting", __version__)
     failures: list[Exception] = []
     try:
-        anyio.run(serve, settings, backend_options=_backend_options())
+        anyio.run(serve, broker, backend_options=_backend_options())
     except* OSError as group:
         # serve's task group wraps a bind failure in an ExceptionGroup
         failures.extend(group.exceptions)

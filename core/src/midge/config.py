@@ -66,6 +66,9 @@ class BrokerSettings:
     max_topic_length: int = _limit(65535, 1, 65535, "longest topic name or filter, in bytes")
     max_topic_levels: int = _limit(128, 1, 65535, "most levels in a topic name or filter")
     max_client_id_length: int = _limit(65535, 1, 65535, "longest client identifier, in bytes")
+    sys_interval: int = _limit(
+        10, 0, 86400, "seconds between $SYS updates and on_sys_info_tick (0: never)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,8 @@ class Settings:
 
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     listeners: tuple[ListenerSettings, ...] = ()
+    #: plugin name -> its configuration table, in file order (presence activates it)
+    plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: where the settings came from, for messages ("<defaults>" without a file)
     source: str = "<defaults>"
 
@@ -128,7 +133,10 @@ def load(path: str | Path) -> Settings:
 
 def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     """Validate an already parsed configuration mapping."""
-    _only(data, {"broker", "listeners"}, source, "")
+    _only(data, {"broker", "listeners", "plugins"}, source, "")
+    plugins = data.get("plugins", {})
+    if not isinstance(plugins, dict) or not all(isinstance(t, dict) for t in plugins.values()):
+        raise ConfigError(source, "plugins", "must hold one table per plugin ([plugins.NAME])")
     broker = _table(BrokerSettings, data.get("broker", {}), source, "broker")
     raw_listeners = data.get("listeners", [])
     if not isinstance(raw_listeners, list) or not all(isinstance(x, dict) for x in raw_listeners):
@@ -136,6 +144,12 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     listeners = []
     for index, raw in enumerate(raw_listeners):
         where = f"listeners[{index}]"
+        if "allow_anonymous" in raw:
+            raise ConfigError(
+                source, f"{where}.allow_anonymous",
+                "not a configuration key: with a configuration file, access is decided by "
+                "plugins; activate [plugins.auth_allow] to let every client in",
+            )
         listener = _table(ListenerSettings, raw, source, where)
         if listener.type not in LISTENER_TYPES:
             raise ConfigError(
@@ -157,7 +171,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
                 source, f"listeners[{index}]", f"{listener.host}:{listener.port} is used twice"
             )
         seen.add(key)
-    return Settings(broker=broker, listeners=tuple(listeners), source=source)
+    return Settings(broker=broker, listeners=tuple(listeners), plugins=dict(plugins),
+                    source=source)
 
 
 def _only(table: dict[str, Any], allowed: set[str], source: str, where: str) -> None:

@@ -22,6 +22,8 @@ from .codec import (
     Decoder,
     Disconnect,
     Packet,
+    Property,
+    Publish,
     ReasonCode,
     RemoteProtocolError,
     Role,
@@ -31,8 +33,10 @@ from .codec import (
     encode,
 )
 from .config import ListenerSettings
+from .errors import DropPacket
 
 if TYPE_CHECKING:
+    from .message import Message
     from .session import Session
 
 log = logging.getLogger("midge.connection")
@@ -52,6 +56,7 @@ class Connection:
         "_out_count",
         "_reader_scope",
         "_wake",
+        "acl_cache",
         "broker",
         "clean_disconnect",
         "client_id",
@@ -66,6 +71,7 @@ class Connection:
         "problem_info",
         "protocol_level",
         "remote",
+        "remote_host",
         "session",
         "stream",
         "username",
@@ -83,6 +89,10 @@ class Connection:
         self.stream = stream
         self.listener = listener
         self.remote = remote
+        #: the peer's address without the port
+        self.remote_host = remote.rsplit(":", 1)[0]
+        #: (topic, write) -> ACL decision, kept until a reload
+        self.acl_cache: dict[tuple[str, bool], bool] = {}
         self.decoder = Decoder(Role.SERVER, max_packet_size=max_packet_size)
         self.protocol_level = 0
         self.client_id = ""
@@ -131,7 +141,27 @@ class Connection:
             self._wake.set()
 
     def send(self, packet: Packet) -> None:
-        self.write(encode(packet, self.protocol_level or 4))
+        """Encode and queue a packet, through the packet hooks when plugins have them."""
+        hooks = self.broker.hooks
+        if hooks.on_packet_encode is not None:
+            packet = hooks.on_packet_encode(self, packet)
+        data = encode(packet, self.protocol_level or 4)
+        self.write(data)
+        if hooks.on_packet_sent is not None:
+            hooks.on_packet_sent(self, packet, data)
+
+    def send_publish(self, message: Message, qos: int, retain: bool, packet_id: int,
+                     subscription_ids: tuple[int, ...], dup: bool) -> None:
+        """A delivery as a Publish object (the slow path, for packet hooks)."""
+        props = dict(message.properties)
+        if subscription_ids and self.protocol_level == PROTOCOL_5:
+            props[Property.SUBSCRIPTION_IDENTIFIER] = list(subscription_ids)
+        self.send(Publish(message.topic, message.payload, qos, retain, dup, packet_id, props))
+
+    def session_taken_over(self) -> None:
+        """Another connection now owns this client id: let go of the session and close."""
+        self.session = None
+        self.kill(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
 
     def finish(self, reason: str) -> None:
         """Stop reading after the current packet; what was written is still flushed."""
@@ -196,14 +226,24 @@ class Connection:
                 return
             self.last_seen = time.monotonic()
             decoder.feed(data)
+            hooks = broker.hooks
             try:
                 while (packet := decoder.next_packet()) is not None:
+                    if hooks.on_packet_read is not None:
+                        try:
+                            packet = hooks.on_packet_read(self, packet)
+                        except DropPacket:
+                            continue
                     if type(packet) is Connect:
                         await broker.connect(self, packet)
                         if not self.connected:
                             return
                     else:
-                        handlers[type(packet)](self, packet)
+                        pending = handlers[type(packet)](self, packet)
+                        if pending is not None:
+                            await pending
+                    if hooks.on_packet_processed is not None:
+                        hooks.on_packet_processed(self, packet, None)
                     if self._closing or self.close_reason:
                         return
             except RemoteProtocolError as exc:

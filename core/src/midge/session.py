@@ -20,6 +20,7 @@ class Enqueued(Enum):
     SEND = "send"  # a packet id was assigned: write it now
     QUEUED = "queued"  # waits for an inflight slot or for the client to reconnect
     DROPPED = "dropped"  # the session queue is full
+    NO_PACKET_ID = "no packet id"  # queued: every packet id is inflight
 
 
 class Outbound:
@@ -88,17 +89,19 @@ class Session:
 
     def enqueue(self, out: Outbound) -> Enqueued:
         """Take a QoS 1/2 delivery; SEND means ``out.packet_id`` is set and it must go now."""
+        exhausted = False
         if self.online and not self.pending and len(self.inflight) < self.max_inflight:
             pid = self._allocate()
             if pid:
                 out.packet_id = pid
                 self.inflight[pid] = out
                 return Enqueued.SEND
+            exhausted = True
         if len(self.pending) >= self.max_queued:
             self.dropped += 1
             return Enqueued.DROPPED
         self.pending.append(out)
-        return Enqueued.QUEUED
+        return Enqueued.NO_PACKET_ID if exhausted else Enqueued.QUEUED
 
     def sendable(self) -> list[Outbound]:
         """Move queued deliveries into free inflight slots; returns what to send now."""

@@ -1,0 +1,58 @@
+"""Built-in plugins: per-listener anonymous access and the $SYS publisher.
+
+The rule: core features that fit a hook are plugins on the same hooks as third-party
+ones, registered after the configured plugins so that those decide first.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .codec import Connect
+    from .connection import Connection
+
+
+class ListenerAccess:
+    """Allows everything on a listener whose ``allow_anonymous`` is set (the no-config
+    default, or an embedder's choice); abstains elsewhere, so no decision denies."""
+
+    @hookimpl
+    def on_connect_authenticate(self, client: Connection, packet: Connect) -> bool | None:
+        return True if client.listener.allow_anonymous else None
+
+    @hookimpl
+    def on_acl_check(self, client: Connection, topic: str, write: bool) -> bool | None:
+        return True if client.listener.allow_anonymous else None
+
+
+#: $SYS topic -> key of the broker's sys info
+SYS_TOPICS = {
+    "$SYS/broker/version": "version",
+    "$SYS/broker/uptime": "uptime",
+    "$SYS/broker/clients/connected": "clients_connected",
+    "$SYS/broker/clients/total": "sessions",
+    "$SYS/broker/connections/total": "connections_total",
+    "$SYS/broker/messages/received": "messages_received",
+    "$SYS/broker/messages/sent": "messages_sent",
+    "$SYS/broker/messages/dropped": "messages_dropped",
+    "$SYS/broker/subscriptions/count": "subscriptions",
+    "$SYS/broker/retained messages/count": "retained_messages",
+}
+
+
+class SysPublisher:
+    """Publishes the broker's counters as retained ``$SYS/broker/...`` messages."""
+
+    @hookimpl
+    def on_sys_info_tick(self, broker: Broker, info: dict[str, Any]) -> None:
+        from . import __version__
+        from .message import Message
+
+        info = {**info, "version": f"midge {__version__}"}
+        for topic, key in SYS_TOPICS.items():
+            if key in info:
+                broker.route(Message(topic, str(info[key]).encode(), 0, True))

@@ -1,0 +1,418 @@
+"""What the broker does with each packet a client sends: CONNECT to AUTH.
+
+The rule: a handler is a plain method and answers before the next packet is read. Only
+where an active plugin's hook is ``async def`` (CONNECT always may be) does a handler
+return a coroutine, which the connection awaits; with no such plugin nothing awaits.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from .codec import (
+    PROTOCOL_5,
+    SUBACK_FAILURE,
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    PingReq,
+    PingResp,
+    Property,
+    ProtocolViolation,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    ReasonCode,
+    RemoteProtocolError,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+    connack_code_v3,
+)
+from .connection import Connection
+from .errors import RejectPublish
+from .message import Message
+from .session import Session
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+log = logging.getLogger("midge.broker")
+clients_log = logging.getLogger("midge.clients")
+NEVER = 0xFFFFFFFF
+_LEVELS = {3: "3.1", 4: "3.1.1", 5: "5.0"}
+
+
+class Handlers:
+    """The packet handlers of ``Broker`` (a mixin; ``self`` is the broker)."""
+
+    def packet_handlers(self: Broker) -> dict[type[Any], Any]:
+        return {
+            Publish: self._on_publish,
+            PubAck: self._on_puback,
+            PubRec: self._on_pubrec,
+            PubRel: self._on_pubrel,
+            PubComp: self._on_pubcomp,
+            Subscribe: self._on_subscribe,
+            Unsubscribe: self._on_unsubscribe,
+            PingReq: self._on_pingreq,
+            Disconnect: self._on_disconnect,
+            Auth: self._on_auth,
+        }
+
+    # -- CONNECT -------------------------------------------------------------------------
+
+    async def connect(self: Broker, conn: Connection, packet: Connect) -> None:
+        """Validate, authenticate, take over or resume the session, answer CONNACK."""
+        level = conn.protocol_level = packet.protocol_level
+        v5 = level == PROTOCOL_5
+        props = packet.properties
+        cid = packet.client_id
+        assigned = False
+        limits = self.limits
+        if len(cid.encode()) > limits.max_client_id_length:
+            return self._refuse(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+        if not cid:
+            if level == 3 or not packet.clean_start:
+                return self._refuse(
+                    conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                    "empty client id without clean session",
+                )
+            cid = "midge" + uuid.uuid4().hex[:18]
+            assigned = True
+        conn.client_id = cid
+        conn.username = packet.username
+        keepalive = packet.keepalive
+        server_keepalive = None
+        max_keepalive = limits.max_keepalive
+        if max_keepalive < 65535 and (keepalive > max_keepalive or keepalive == 0):
+            if v5:
+                server_keepalive = keepalive = max_keepalive
+            elif keepalive > max_keepalive:
+                # v3 cannot be told another keepalive; Mosquitto answers the same way
+                return self._refuse(
+                    conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                    f"keepalive {keepalive} s exceeds max_keepalive {max_keepalive}",
+                )
+        if Property.AUTHENTICATION_METHOD in props:
+            return self._refuse(
+                conn, ReasonCode.BAD_AUTHENTICATION_METHOD,
+                f"authentication method {props[Property.AUTHENTICATION_METHOD]!r} is not "
+                "supported",
+            )
+        hooks = self.hooks
+        if hooks.on_connect is not None:
+            refusal = hooks.on_connect(conn, packet)
+            if hooks.on_connect.is_async:
+                refusal = await refusal
+            if refusal is not None:
+                return self._refuse(conn, ReasonCode(refusal), "refused by a plugin")
+        allowed = None
+        if hooks.on_connect_authenticate is not None:
+            allowed = hooks.on_connect_authenticate(conn, packet)
+            if hooks.on_connect_authenticate.is_async:
+                allowed = await allowed
+        if allowed is not True:
+            if packet.username is None:
+                return self._refuse(conn, ReasonCode.NOT_AUTHORIZED, "not authorized")
+            return self._refuse(
+                conn, ReasonCode.BAD_USERNAME_OR_PASSWORD, "bad user name or password"
+            )
+        if conn.closing:
+            return None  # the connection went away while plugins were deciding
+        if hooks.on_session_establish is not None:
+            hooks.on_session_establish(conn, packet)
+        session, present = self._take_session(conn, packet, cid)
+        if v5:
+            receive_max = props.get(Property.RECEIVE_MAXIMUM)
+            if receive_max:
+                session.max_inflight = min(receive_max, self.max_inflight)
+            conn.max_packet_out = props.get(Property.MAXIMUM_PACKET_SIZE, conn.max_packet_out)
+            conn.problem_info = props.get(Property.REQUEST_PROBLEM_INFORMATION, 1) == 1
+        ack_props: dict[int, Any] = {}
+        if v5:
+            expiry = props.get(Property.SESSION_EXPIRY_INTERVAL, 0)
+            if expiry > limits.session_expiry_max:
+                expiry = limits.session_expiry_max
+                ack_props[Property.SESSION_EXPIRY_INTERVAL] = expiry
+            session.expiry_interval = None if expiry == NEVER else expiry
+        elif packet.clean_start:
+            session.expiry_interval = 0
+        else:
+            session.expiry_interval = limits.persistent_session_expiry or None
+
+        conn.keepalive = keepalive
+        conn.will = packet.will
+        conn.session = session
+        conn.connected = True
+        self.clients[cid] = conn
+        if v5:
+            if assigned:
+                ack_props[Property.ASSIGNED_CLIENT_IDENTIFIER] = cid
+            if server_keepalive is not None:
+                ack_props[Property.SERVER_KEEP_ALIVE] = server_keepalive
+            ack_props[Property.RECEIVE_MAXIMUM] = limits.receive_maximum
+            if limits.max_packet_size < 268_435_455:
+                ack_props[Property.MAXIMUM_PACKET_SIZE] = limits.max_packet_size
+            ack_props[Property.TOPIC_ALIAS_MAXIMUM] = 0
+            ack_props[Property.SHARED_SUBSCRIPTION_AVAILABLE] = 0
+        conn.send(ConnAck(0, present, ack_props))
+        self.stats.clients_connected = len(self.clients)
+        clients_log.info(
+            "client %s connected from %s (MQTT %s, clean=%s, keepalive=%d, session present=%s)",
+            cid, conn.remote, _LEVELS[level], packet.clean_start, keepalive, present,
+        )
+        if hooks.on_session_established is not None:
+            hooks.on_session_established(conn, packet)
+        for out in session.resume():
+            if out.released:
+                conn.send(PubRel(out.packet_id))
+            else:
+                self.write_publish(conn, out, dup=True)
+        self.pump(conn, session)
+        return None
+
+    def _take_session(self: Broker, conn: Connection, packet: Connect,
+                      cid: str) -> tuple[Session, bool]:
+        old = self.clients.get(cid)
+        if old is not None and old is not conn:
+            clients_log.info(
+                "client %s: session taken over by a new connection from %s", cid, conn.remote
+            )
+            old.session_taken_over()
+            del self.clients[cid]
+        session = self.sessions.get(cid)
+        # a session with expiry 0 (a clean session) ends with the connection just taken
+        # over: its state must not be reused [MQTT-3.1.2-6] (MQTT 5 section 3.1.2.11.2)
+        if session is not None and (packet.clean_start or session.expiry_interval == 0):
+            self.discard_session(session)
+            session = None
+        present = session is not None
+        if session is None:
+            session = Session(cid, packet.protocol_level, self.max_inflight,
+                              self.limits.max_queued_messages)
+            self.sessions[cid] = session
+        self.expiring.pop(cid, None)
+        session.protocol_level = packet.protocol_level
+        session.max_inflight = self.max_inflight
+        return session, present
+
+    def _refuse(self: Broker, conn: Connection, reason: ReasonCode, why: str) -> None:
+        log.warning(
+            "client %s from %s refused: %s (0x%02X)", conn.name, conn.remote, why, int(reason)
+        )
+        conn.close_reason = f"refused: {why}"
+        if conn.protocol_level == PROTOCOL_5:
+            conn.send(ConnAck(reason))
+        else:
+            conn.send(ConnAck(connack_code_v3(reason)))
+
+    # -- PUBLISH and its acknowledgements ------------------------------------------------
+
+    def _on_publish(self: Broker, conn: Connection, packet: Publish) -> Coroutine[Any, Any, None] | None:
+        session = conn.session
+        assert session is not None
+        if conn.protocol_level == PROTOCOL_5 and Property.TOPIC_ALIAS in packet.properties:
+            raise RemoteProtocolError(
+                ReasonCode.TOPIC_ALIAS_INVALID, "topic alias used but the maximum is 0"
+            )
+        topic = packet.topic
+        self.check_topic(topic, ReasonCode.TOPIC_NAME_INVALID)
+        self.stats.messages_received += 1
+        if packet.qos == 2:
+            if packet.packet_id in session.inbound_qos2:
+                conn.send(PubRec(packet.packet_id))  # a resent duplicate: ack, don't route
+                return None
+            if len(session.inbound_qos2) >= self.limits.receive_maximum:
+                raise RemoteProtocolError(
+                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+                    f"more than {self.limits.receive_maximum} QoS 2 messages unacknowledged",
+                )
+        if topic.startswith("$"):
+            log.warning("client %s may not publish to %s; dropped", conn.client_id, topic)
+            return self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
+        if not self.allowed(conn, topic, True):
+            log.warning("client %s is not authorized to publish to %s; dropped",
+                        conn.client_id, topic)
+            return self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
+        hook = self.hooks.on_publish
+        if hook is not None:
+            if hook.is_async:
+                return self._publish_awaiting(conn, packet)
+            try:
+                packet = hook(conn, packet)
+            except RejectPublish as exc:
+                return self._acknowledge(conn, packet, exc.reason_code)
+        self._publish_accepted(conn, packet)
+        return None
+
+    async def _publish_awaiting(self: Broker, conn: Connection, packet: Publish) -> None:
+        assert self.hooks.on_publish is not None
+        try:
+            packet = await self.hooks.on_publish(conn, packet)
+        except RejectPublish as exc:
+            self._acknowledge(conn, packet, exc.reason_code)
+            return
+        self._publish_accepted(conn, packet)
+
+    def _publish_accepted(self: Broker, conn: Connection, packet: Publish) -> None:
+        message = Message(packet.topic, packet.payload, packet.qos, packet.retain,
+                          packet.properties, conn.client_id)
+        delivered = self.route(message, conn)
+        if self.hooks.on_published is not None:
+            self.hooks.on_published(conn, packet)
+        if packet.qos:
+            code = ReasonCode.SUCCESS if delivered else ReasonCode.NO_MATCHING_SUBSCRIBERS
+            self._acknowledge(conn, packet, code)
+
+    def _acknowledge(self: Broker, conn: Connection, packet: Publish, code: int) -> None:
+        if conn.protocol_level != PROTOCOL_5:
+            code = 0
+        if packet.qos == 1:
+            conn.send(PubAck(packet.packet_id, code))
+        elif packet.qos == 2:
+            if code < 0x80:
+                assert conn.session is not None
+                conn.session.inbound_qos2.add(packet.packet_id)
+            conn.send(PubRec(packet.packet_id, code))
+
+    def _on_puback(self: Broker, conn: Connection, packet: PubAck) -> None:
+        session = conn.session
+        assert session is not None
+        if session.puback(packet.packet_id) is not None:
+            if self.hooks.on_qos_complete is not None:
+                self.hooks.on_qos_complete(conn, packet.packet_id)
+            if session.pending:
+                self.pump(conn, session)
+
+    def _on_pubrec(self: Broker, conn: Connection, packet: PubRec) -> None:
+        session = conn.session
+        assert session is not None
+        if packet.reason_code >= 0x80:
+            if session.drop(packet.packet_id) is not None and self.hooks.on_qos_dropped:
+                self.hooks.on_qos_dropped(
+                    conn, packet.packet_id, f"PUBREC 0x{packet.reason_code:02X}"
+                )
+            self.pump(conn, session)
+            return
+        if session.pubrec(packet.packet_id) is None and conn.protocol_level == PROTOCOL_5:
+            conn.send(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+            return
+        conn.send(PubRel(packet.packet_id))
+
+    def _on_pubrel(self: Broker, conn: Connection, packet: PubRel) -> None:
+        session = conn.session
+        assert session is not None
+        pid = packet.packet_id
+        if pid in session.inbound_qos2:
+            session.inbound_qos2.discard(pid)
+            conn.send(PubComp(pid))
+        elif conn.protocol_level == PROTOCOL_5:
+            conn.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+        else:
+            conn.send(PubComp(pid))
+
+    def _on_pubcomp(self: Broker, conn: Connection, packet: PubComp) -> None:
+        session = conn.session
+        assert session is not None
+        if session.pubcomp(packet.packet_id) is not None:
+            if self.hooks.on_qos_complete is not None:
+                self.hooks.on_qos_complete(conn, packet.packet_id)
+            self.pump(conn, session)
+
+    # -- SUBSCRIBE / UNSUBSCRIBE ---------------------------------------------------------
+
+    def _on_subscribe(self: Broker, conn: Connection, packet: Subscribe) -> None:
+        session = conn.session
+        assert session is not None
+        v5 = conn.protocol_level == PROTOCOL_5
+        refused = ReasonCode.NOT_AUTHORIZED if v5 else SUBACK_FAILURE
+        for sub in packet.subscriptions:
+            self.check_topic(sub.topic_filter, ReasonCode.TOPIC_FILTER_INVALID)
+        hooks = self.hooks
+        if hooks.on_subscribe is not None:
+            packet = hooks.on_subscribe(conn, packet)
+        sids = packet.properties.get(Property.SUBSCRIPTION_IDENTIFIER)
+        sid = sids[0] if sids else 0
+        codes: list[int] = []
+        granted = []
+        for sub in packet.subscriptions:
+            topic_filter = sub.topic_filter
+            if topic_filter.startswith("$share/"):
+                log.warning(
+                    "client %s: shared subscription %s refused: not supported yet",
+                    conn.client_id, topic_filter,
+                )
+                codes.append(
+                    ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else SUBACK_FAILURE
+                )
+                continue
+            if not self.allowed(conn, topic_filter, False):
+                log.warning("client %s is not authorized to subscribe to %s",
+                            conn.client_id, topic_filter)
+                codes.append(refused)
+                continue
+            new = self.trie.add(session.client_id, sub, sid)
+            session.subscriptions[topic_filter] = (sub, sid)
+            codes.append(sub.qos)
+            granted.append((sub, new))
+        conn.send(SubAck(packet.packet_id, codes))
+        if hooks.on_subscribed is not None:
+            hooks.on_subscribed(conn, packet, codes)
+        for sub, new in granted:
+            if sub.retain_handling == 2 or (sub.retain_handling == 1 and not new):
+                continue
+            for message in self.retained.match(sub.topic_filter):
+                qos = min(message.qos, sub.qos)
+                self.deliver(session.client_id, message, qos, True, (sid,) if sid else ())
+                if hooks.on_retain_published is not None:
+                    hooks.on_retain_published(conn, message)
+
+    def _on_unsubscribe(self: Broker, conn: Connection, packet: Unsubscribe) -> None:
+        session = conn.session
+        assert session is not None
+        hooks = self.hooks
+        if hooks.on_unsubscribe is not None:
+            packet = hooks.on_unsubscribe(conn, packet)
+        codes: list[int] = []
+        for topic_filter in packet.topic_filters:
+            existed = self.trie.remove(session.client_id, topic_filter)
+            session.subscriptions.pop(topic_filter, None)
+            codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        conn.send(UnsubAck(packet.packet_id, codes if conn.protocol_level == PROTOCOL_5 else []))
+        if hooks.on_unsubscribed is not None:
+            hooks.on_unsubscribed(conn, packet)
+
+    # -- the rest ------------------------------------------------------------------------
+
+    def _on_pingreq(self: Broker, conn: Connection, packet: PingReq) -> None:
+        conn.send(PingResp())
+
+    def _on_disconnect(self: Broker, conn: Connection, packet: Disconnect) -> None:
+        session = conn.session
+        if conn.protocol_level == PROTOCOL_5 and session is not None:
+            expiry = packet.properties.get(Property.SESSION_EXPIRY_INTERVAL)
+            if expiry is not None:
+                if session.expiry_interval == 0 and expiry:
+                    raise ProtocolViolation(
+                        "DISCONNECT may not set a session expiry when CONNECT set 0"
+                    )
+                expiry = min(expiry, self.limits.session_expiry_max)
+                session.expiry_interval = None if expiry == NEVER else expiry
+        # only Normal disconnection (0x00) discards the will; 0x04 and every error reason
+        # leave it to be published (MQTT 5 sections 3.1.2.5 and 3.14, [MQTT-3.14.4-3])
+        conn.clean_disconnect = packet.reason_code == ReasonCode.NORMAL_DISCONNECTION
+        conn.finish(
+            "client sent DISCONNECT" if conn.clean_disconnect
+            else f"client sent DISCONNECT 0x{packet.reason_code:02X}"
+        )
+
+    def _on_auth(self: Broker, conn: Connection, packet: Auth) -> None:
+        raise ProtocolViolation("AUTH without an authentication method in CONNECT")

@@ -1,0 +1,143 @@
+"""The plugin's config table, and building a ``Ledger`` from it and the files it names.
+
+The rule: ``parse_config`` validates the table once (inline rules are parsed there, file
+paths made absolute); ``load_ledger`` reads every named file afresh and returns a new
+``Ledger`` or raises ``LedgerError``, so a reload is ``load_ledger`` again. Sources are
+merged in a fixed order: the ledger's ``users`` (from ``file`` or inline), then users from
+the Mosquitto password file (filling only users that have no password), then the
+Mosquitto ACL file's user sections (appended to those users' ``acl``); ACL rules are the
+ledger's ``acl`` rules, then the Mosquitto anonymous lines, then its patterns.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._mosquitto import ACL_KEY, PASSWORD_KEY, parse_acl_file, parse_password_file
+from ._parse import SECTIONS, parse_sections
+from ._rules import AclRule, AuthRule, Ledger, LedgerError, Match, User
+
+CONFIG_KEYS = ("file", *SECTIONS, "acl_default", PASSWORD_KEY, ACL_KEY)
+ACL_DEFAULTS = {"deny": False, "allow": True}
+FILE_TYPES = (".yaml", ".yml", ".json", ".toml")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    file: Path | None = None
+    users: Mapping[str, User] | None = None
+    auth: tuple[AuthRule, ...] = ()
+    acl: tuple[AclRule, ...] = ()
+    acl_default: bool = False
+    password_file: Path | None = None
+    acl_file: Path | None = None
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.file, self.password_file, self.acl_file) if p is not None]
+
+
+def parse_config(table: Mapping[str, Any]) -> LedgerConfig:
+    for key in table:
+        if key not in CONFIG_KEYS:
+            raise LedgerError(key, f"unknown key; allowed: {', '.join(CONFIG_KEYS)}")
+    inline = [key for key in SECTIONS if key in table]
+    if "file" in table and inline:
+        raise LedgerError("file", f"give either 'file' or the rules inline "
+                          f"({', '.join(SECTIONS)}), not both")
+    if not inline and not any(k in table for k in ("file", PASSWORD_KEY, ACL_KEY)):
+        raise LedgerError("", f"needs a ledger: 'file', inline {', '.join(SECTIONS)}, "
+                          f"or '{PASSWORD_KEY}' / '{ACL_KEY}'")
+    default = table.get("acl_default", "deny")
+    if default not in ACL_DEFAULTS:
+        raise LedgerError("acl_default", f"must be 'deny' or 'allow', not {default!r}")
+    users, auth, acl = parse_sections(table)
+    return LedgerConfig(
+        file=_path(table, "file", FILE_TYPES),
+        users=users, auth=auth, acl=acl,
+        acl_default=ACL_DEFAULTS[default],
+        password_file=_path(table, PASSWORD_KEY),
+        acl_file=_path(table, ACL_KEY),
+    )
+
+
+def load_ledger(config: LedgerConfig) -> Ledger:
+    users: dict[str, User] = dict(config.users or {})
+    auth, acl = config.auth, config.acl
+    if config.file is not None:
+        data = read_ledger_file(config.file)
+        try:
+            users, auth, acl = parse_sections(data)
+        except LedgerError as exc:
+            raise LedgerError("file", f"{config.file}: {exc.key}: {exc.message}") from None
+    if config.password_file is not None:
+        text = _read(config.password_file, PASSWORD_KEY)
+        for name, stored in parse_password_file(text, str(config.password_file)).items():
+            user = users.get(name)
+            if user is None or user.password is None:
+                users[name] = replace(user or User(), password=stored)
+    if config.acl_file is not None:
+        mosquitto = parse_acl_file(_read(config.acl_file, ACL_KEY), str(config.acl_file))
+        for name, filters in mosquitto.users.items():
+            user = users.get(name) or User()
+            users[name] = replace(user, acl=user.acl + tuple(filters))
+        extra = []
+        if mosquitto.anonymous:
+            extra.append(AclRule(Match(), tuple(mosquitto.anonymous), anonymous_only=True))
+        if mosquitto.patterns:
+            extra.append(AclRule(Match(), tuple(mosquitto.patterns), templated=True))
+        acl = acl + tuple(extra)
+    return Ledger(users=users, auth=auth, acl=acl, acl_default=config.acl_default)
+
+
+def read_ledger_file(path: Path) -> dict[str, Any]:
+    """Read a YAML, JSON or TOML ledger file (by extension) into its top-level table."""
+    text = _read(path, "file")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise LedgerError("file", f"{path}: not valid {path.suffix[1:].upper()}: {exc}") \
+            from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise LedgerError("file", f"{path}: must hold a table with keys "
+                          f"{', '.join(SECTIONS)}")
+    for key in data:
+        if key not in SECTIONS:
+            raise LedgerError("file", f"{path}: {key}: unknown key; allowed: "
+                              f"{', '.join(SECTIONS)}")
+    return data
+
+
+def _path(table: Mapping[str, Any], key: str, suffixes: tuple[str, ...] = ()) -> Path | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, str) or not value:
+        raise LedgerError(key, "must be a file path (a non-empty string)")
+    path = Path(value).expanduser().absolute()
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise LedgerError(key, f"file type must be one of {', '.join(suffixes)} "
+                          "(YAML, JSON or TOML)")
+    return path
+
+
+def _read(path: Path, key: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LedgerError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise LedgerError(key, f"{path}: not UTF-8 text") from None
