@@ -60,16 +60,16 @@ __all__ = [
 if TYPE_CHECKING:
     from . import codec
     from .broker import Broker
+    from .codec import ReasonCode
+    from .config import BrokerSettings, ConfigError, ListenerSettings, Settings
     from .connection import Connection as Client
     from .errors import DropPacket, PluginConfigError, Refuse, RejectPublish
     from .hookspecs import hookimpl, hookspec
     from .inline import InlineSubscription
-    from .plugins import PluginError
-    from .topics import Route
-    from .codec import ReasonCode
-    from .config import BrokerSettings, ConfigError, ListenerSettings, Settings
     from .message import Message
+    from .plugins import PluginError
     from .stats import Stats
+    from .topics import Route
 
 
 def __getattr__(name: str) -> Any:

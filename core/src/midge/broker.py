@@ -269,18 +269,18 @@ class Broker(Handlers, InlineMixin):
                 self.sessions[session.client_id] = session
         if hooks.stored_subscriptions is not None:
             for entry in await hooks.call_awaiting("stored_subscriptions") or ():
-                session = self.sessions.get(entry["client_id"])
-                if session is None:
+                owner = self.sessions.get(entry["client_id"])
+                if owner is None:
                     continue
                 sub: Subscription = entry["subscription"]
                 sid = int(entry.get("identifier", 0))
-                self.trie.add(session.client_id, sub, sid)
-                session.subscriptions[sub.topic_filter] = (sub, sid)
+                self.trie.add(owner.client_id, sub, sid)
+                owner.subscriptions[sub.topic_filter] = (sub, sid)
         if hooks.stored_inflight_messages is not None:
             for entry in await hooks.call_awaiting("stored_inflight_messages") or ():
-                session = self.sessions.get(entry["client_id"])
-                if session is not None:
-                    session.enqueue(Outbound(entry["message"], entry["qos"], entry["retain"]))
+                queue = self.sessions.get(entry["client_id"])
+                if queue is not None:
+                    queue.enqueue(Outbound(entry["message"], entry["qos"], entry["retain"]))
         if hooks.stored_retained_messages is not None:
             for message in await hooks.call_awaiting("stored_retained_messages") or ():
                 self.retained.set(message.topic, message)
@@ -350,7 +350,9 @@ class Broker(Handlers, InlineMixin):
         if len(topic) > limit and len(topic.encode()) > limit:
             raise RemoteProtocolError(reason, f"topic longer than {limit}")
         if topic.count("/") >= self.limits.max_topic_levels:
-            raise RemoteProtocolError(reason, f"topic has more than {self.limits.max_topic_levels} levels")
+            raise RemoteProtocolError(
+                reason, f"topic has more than {self.limits.max_topic_levels} levels"
+            )
 
     def allowed(self, conn: Connection, topic: str, write: bool) -> bool:
         """The ACL vote for ``conn`` and ``topic``, cached per client until a reload."""
@@ -432,9 +434,9 @@ class Broker(Handlers, InlineMixin):
             self.write_publish(conn, out)
         elif result is Enqueued.DROPPED:
             self._dropped(conn, message, "session queue full")
-        elif result is Enqueued.NO_PACKET_ID and conn is not None:
-            if self.hooks.on_packet_id_exhausted is not None:
-                self.hooks.on_packet_id_exhausted(conn, message)
+        elif (result is Enqueued.NO_PACKET_ID and conn is not None
+              and self.hooks.on_packet_id_exhausted is not None):
+            self.hooks.on_packet_id_exhausted(conn, message)
         return None
 
     def _dropped(self, conn: Connection | None, message: Message, reason: str) -> None:

@@ -7,6 +7,7 @@ hooks it implements, and reports a plugin that fails to load instead of crashing
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -54,11 +55,11 @@ def list_plugins(argv: Sequence[str]) -> int:
 def passwd(argv: Sequence[str]) -> int:
     """Delegate to the auth_ledger plugin, which owns the hash formats."""
     try:
-        from midge_auth_ledger import main as ledger_main  # type: ignore[import-not-found]
+        ledger = importlib.import_module("midge_auth_ledger")
     except ImportError:
         sys.stderr.write(
             "midge passwd needs the auth_ledger plugin: pip install midge-auth-ledger\n"
         )
         return 2
-    result: int = ledger_main(list(argv))
+    result: int = ledger.main(list(argv))
     return result

@@ -42,7 +42,13 @@ from .message import Message
 from .session import Session
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from .codec import Will
+    from .config import BrokerSettings
+    from .inline import InlineSubscription
+    from .plugins import Hooks
+    from .session import Outbound
+    from .stats import Stats
+    from .topics import RetainedIndex, SubscriptionTrie
 
 log = logging.getLogger("midge.broker")
 clients_log = logging.getLogger("midge.clients")
@@ -53,7 +59,29 @@ _LEVELS = {3: "3.1", 4: "3.1.1", 5: "5.0"}
 class Handlers:
     """The packet handlers of ``Broker`` (a mixin; ``self`` is the broker)."""
 
-    def packet_handlers(self: Broker) -> dict[type[Any], Any]:
+    if TYPE_CHECKING:
+        limits: BrokerSettings
+        hooks: Hooks
+        stats: Stats
+        trie: SubscriptionTrie
+        retained: RetainedIndex[Message]
+        sessions: dict[str, Session]
+        clients: dict[str, Connection]
+        expiring: dict[str, Session]
+        max_inflight: int
+        inline_subscribers: dict[str, InlineSubscription]
+
+        def route(self, message: Message, publisher: Connection | None = None) -> int: ...
+        def deliver(self, client_id: str, message: Message, qos: int, retain: bool,
+                    subscription_ids: tuple[int, ...] = ()) -> None: ...
+        def write_publish(self, conn: Connection, out: Outbound, dup: bool = False) -> None: ...
+        def pump(self, conn: Connection, session: Session) -> None: ...
+        def allowed(self, conn: Connection, topic: str, write: bool) -> bool: ...
+        def check_topic(self, topic: str, reason: ReasonCode) -> None: ...
+        def discard_session(self, session: Session) -> None: ...
+        def publish_will(self, conn: Connection, will: Will) -> None: ...
+
+    def packet_handlers(self) -> dict[type[Any], Any]:
         return {
             Publish: self._on_publish,
             PubAck: self._on_puback,
@@ -69,7 +97,7 @@ class Handlers:
 
     # -- CONNECT -------------------------------------------------------------------------
 
-    async def connect(self: Broker, conn: Connection, packet: Connect) -> None:
+    async def connect(self, conn: Connection, packet: Connect) -> None:
         """Validate, authenticate, take over or resume the session, answer CONNACK."""
         level = conn.protocol_level = packet.protocol_level
         v5 = level == PROTOCOL_5
@@ -179,7 +207,7 @@ class Handlers:
         self.pump(conn, session)
         return None
 
-    def _take_session(self: Broker, conn: Connection, packet: Connect,
+    def _take_session(self, conn: Connection, packet: Connect,
                       cid: str) -> tuple[Session, bool]:
         old = self.clients.get(cid)
         if old is not None and old is not conn:
@@ -204,7 +232,7 @@ class Handlers:
         session.max_inflight = self.max_inflight
         return session, present
 
-    def _refuse(self: Broker, conn: Connection, reason: ReasonCode, why: str) -> None:
+    def _refuse(self, conn: Connection, reason: ReasonCode, why: str) -> None:
         log.warning(
             "client %s from %s refused: %s (0x%02X)", conn.name, conn.remote, why, int(reason)
         )
@@ -216,7 +244,9 @@ class Handlers:
 
     # -- PUBLISH and its acknowledgements ------------------------------------------------
 
-    def _on_publish(self: Broker, conn: Connection, packet: Publish) -> Coroutine[Any, Any, None] | None:
+    def _on_publish(
+        self, conn: Connection, packet: Publish
+    ) -> Coroutine[Any, Any, None] | None:
         session = conn.session
         assert session is not None
         if conn.protocol_level == PROTOCOL_5 and Property.TOPIC_ALIAS in packet.properties:
@@ -237,11 +267,13 @@ class Handlers:
                 )
         if topic.startswith("$"):
             log.warning("client %s may not publish to %s; dropped", conn.client_id, topic)
-            return self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
+            self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
+            return None
         if not self.allowed(conn, topic, True):
             log.warning("client %s is not authorized to publish to %s; dropped",
                         conn.client_id, topic)
-            return self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
+            self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
+            return None
         hook = self.hooks.on_publish
         if hook is not None:
             if hook.is_async:
@@ -249,11 +281,12 @@ class Handlers:
             try:
                 packet = hook(conn, packet)
             except RejectPublish as exc:
-                return self._acknowledge(conn, packet, exc.reason_code)
+                self._acknowledge(conn, packet, exc.reason_code)
+                return None
         self._publish_accepted(conn, packet)
         return None
 
-    async def _publish_awaiting(self: Broker, conn: Connection, packet: Publish) -> None:
+    async def _publish_awaiting(self, conn: Connection, packet: Publish) -> None:
         assert self.hooks.on_publish is not None
         try:
             packet = await self.hooks.on_publish(conn, packet)
@@ -262,7 +295,7 @@ class Handlers:
             return
         self._publish_accepted(conn, packet)
 
-    def _publish_accepted(self: Broker, conn: Connection, packet: Publish) -> None:
+    def _publish_accepted(self, conn: Connection, packet: Publish) -> None:
         message = Message(packet.topic, packet.payload, packet.qos, packet.retain,
                           packet.properties, conn.client_id)
         delivered = self.route(message, conn)
@@ -272,7 +305,7 @@ class Handlers:
             code = ReasonCode.SUCCESS if delivered else ReasonCode.NO_MATCHING_SUBSCRIBERS
             self._acknowledge(conn, packet, code)
 
-    def _acknowledge(self: Broker, conn: Connection, packet: Publish, code: int) -> None:
+    def _acknowledge(self, conn: Connection, packet: Publish, code: int) -> None:
         if conn.protocol_level != PROTOCOL_5:
             code = 0
         if packet.qos == 1:
@@ -283,7 +316,7 @@ class Handlers:
                 conn.session.inbound_qos2.add(packet.packet_id)
             conn.send(PubRec(packet.packet_id, code))
 
-    def _on_puback(self: Broker, conn: Connection, packet: PubAck) -> None:
+    def _on_puback(self, conn: Connection, packet: PubAck) -> None:
         session = conn.session
         assert session is not None
         if session.puback(packet.packet_id) is not None:
@@ -292,7 +325,7 @@ class Handlers:
             if session.pending:
                 self.pump(conn, session)
 
-    def _on_pubrec(self: Broker, conn: Connection, packet: PubRec) -> None:
+    def _on_pubrec(self, conn: Connection, packet: PubRec) -> None:
         session = conn.session
         assert session is not None
         if packet.reason_code >= 0x80:
@@ -307,7 +340,7 @@ class Handlers:
             return
         conn.send(PubRel(packet.packet_id))
 
-    def _on_pubrel(self: Broker, conn: Connection, packet: PubRel) -> None:
+    def _on_pubrel(self, conn: Connection, packet: PubRel) -> None:
         session = conn.session
         assert session is not None
         pid = packet.packet_id
@@ -319,7 +352,7 @@ class Handlers:
         else:
             conn.send(PubComp(pid))
 
-    def _on_pubcomp(self: Broker, conn: Connection, packet: PubComp) -> None:
+    def _on_pubcomp(self, conn: Connection, packet: PubComp) -> None:
         session = conn.session
         assert session is not None
         if session.pubcomp(packet.packet_id) is not None:
@@ -329,7 +362,7 @@ class Handlers:
 
     # -- SUBSCRIBE / UNSUBSCRIBE ---------------------------------------------------------
 
-    def _on_subscribe(self: Broker, conn: Connection, packet: Subscribe) -> None:
+    def _on_subscribe(self, conn: Connection, packet: Subscribe) -> None:
         session = conn.session
         assert session is not None
         v5 = conn.protocol_level == PROTOCOL_5
@@ -375,7 +408,7 @@ class Handlers:
                 if hooks.on_retain_published is not None:
                     hooks.on_retain_published(conn, message)
 
-    def _on_unsubscribe(self: Broker, conn: Connection, packet: Unsubscribe) -> None:
+    def _on_unsubscribe(self, conn: Connection, packet: Unsubscribe) -> None:
         session = conn.session
         assert session is not None
         hooks = self.hooks
@@ -392,10 +425,10 @@ class Handlers:
 
     # -- the rest ------------------------------------------------------------------------
 
-    def _on_pingreq(self: Broker, conn: Connection, packet: PingReq) -> None:
+    def _on_pingreq(self, conn: Connection, packet: PingReq) -> None:
         conn.send(PingResp())
 
-    def _on_disconnect(self: Broker, conn: Connection, packet: Disconnect) -> None:
+    def _on_disconnect(self, conn: Connection, packet: Disconnect) -> None:
         session = conn.session
         if conn.protocol_level == PROTOCOL_5 and session is not None:
             expiry = packet.properties.get(Property.SESSION_EXPIRY_INTERVAL)
@@ -414,5 +447,5 @@ class Handlers:
             else f"client sent DISCONNECT 0x{packet.reason_code:02X}"
         )
 
-    def _on_auth(self: Broker, conn: Connection, packet: Auth) -> None:
+    def _on_auth(self, conn: Connection, packet: Auth) -> None:
         raise ProtocolViolation("AUTH without an authentication method in CONNECT")

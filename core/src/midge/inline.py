@@ -25,6 +25,9 @@ from .topics import SubscriptionTrie
 if TYPE_CHECKING:
     from .broker import Broker
     from .connection import Connection
+    from .plugins import Hooks
+    from .stats import Stats
+    from .topics import RetainedIndex
 
 log = logging.getLogger("midge.inline")
 
@@ -99,12 +102,21 @@ class InlineSubscription:
 class InlineMixin:
     """Inline publishing and subscribing for ``Broker`` (a mixin; ``self`` is the broker)."""
 
+    if TYPE_CHECKING:
+        retained: RetainedIndex[Message]
+        clients: dict[str, Connection]
+        handlers: dict[type[Any], Any]
+        hooks: Hooks
+        stats: Stats
+
+        def route(self, message: Message, publisher: Connection | None = None) -> int: ...
+
     def __init__(self) -> None:
         self.inline_subscribers: dict[str, InlineSubscription] = {}
         self._inline_trie = SubscriptionTrie()
         self._inline_ids = itertools.count(1)
 
-    async def publish(self: Broker, topic: str, payload: bytes | str = b"", qos: int = 0,
+    async def publish(self, topic: str, payload: bytes | str = b"", qos: int = 0,
                       retain: bool = False, properties: Properties | None = None) -> int:
         """Publish as the broker itself; returns the number of recipients."""
         check_topic_name(topic)
@@ -113,7 +125,7 @@ class InlineMixin:
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         return self.route(Message(topic, data, qos, retain, properties))
 
-    def subscribe(self: Broker, topic_filter: str, qos: int = 2, *,
+    def subscribe(self, topic_filter: str, qos: int = 2, *,
                   callback: Callback | None = None, buffer: int = 1000) -> InlineSubscription:
         """Receive messages matching ``topic_filter`` (retained ones first).
 
@@ -123,14 +135,16 @@ class InlineMixin:
         """
         check_topic_filter(topic_filter)
         key = f"inline:{next(self._inline_ids)}"
-        sub = InlineSubscription(self, key, topic_filter, qos, callback, buffer)
+        sub = InlineSubscription(
+            self, key, topic_filter, qos, callback, buffer  # type: ignore[arg-type]
+        )
         self.inline_subscribers[key] = sub
         self._inline_trie.add(key, Subscription(topic_filter, qos))
         for message in self.retained.match(topic_filter):
             sub.put(message)
         return sub
 
-    async def unsubscribe(self: Broker, target: InlineSubscription | str) -> int:
+    async def unsubscribe(self, target: InlineSubscription | str) -> int:
         """Remove an inline subscription, or every one with the given topic filter."""
         subs = [target] if isinstance(target, InlineSubscription) else [
             sub for sub in self.inline_subscribers.values() if sub.topic_filter == target
@@ -139,11 +153,11 @@ class InlineMixin:
             sub.close()
         return len(subs)
 
-    def remove_inline(self: Broker, sub: InlineSubscription) -> None:
+    def remove_inline(self, sub: InlineSubscription) -> None:
         if self.inline_subscribers.pop(sub.key, None) is not None:
             self._inline_trie.remove(sub.key, sub.topic_filter)
 
-    def deliver_inline(self: Broker, message: Message) -> int:
+    def deliver_inline(self, message: Message) -> int:
         count = 0
         for route in self._inline_trie.match(message.topic):
             sub = self.inline_subscribers.get(route.client_id)
@@ -152,7 +166,7 @@ class InlineMixin:
                 count += 1
         return count
 
-    async def inject_packet(self: Broker, client: Connection | str, packet: Packet) -> None:
+    async def inject_packet(self, client: Connection | str, packet: Packet) -> None:
         """Handle ``packet`` as if the connected ``client`` (or client id) had sent it."""
         conn = self.clients.get(client) if isinstance(client, str) else client
         if conn is None or not conn.connected:

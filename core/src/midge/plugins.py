@@ -23,8 +23,8 @@ import anyio
 import pluggy
 
 from . import hookspecs
-from .errors import DropPacket, PluginConfigError, RejectPublish, Refuse
-from .hookspecs import BROADCAST, FIRST_NON_EMPTY, PIPELINE, RULES, STOP_ON_EXCEPTION, VOTE
+from .errors import DropPacket, PluginConfigError, Refuse, RejectPublish
+from .hookspecs import BROADCAST, PIPELINE, RULES, STOP_ON_EXCEPTION, VOTE
 
 log = logging.getLogger("midge.plugins")
 
@@ -132,7 +132,7 @@ def instantiate(name: str, target: Any, table: dict[str, Any]) -> Any:
 
 
 class _Impl:
-    __slots__ = ("plugin", "func", "picks", "is_async")
+    __slots__ = ("func", "is_async", "picks", "plugin")
 
     def __init__(self, plugin: str, func: Callable[..., Any], picks: tuple[int, ...] | None,
                  is_async: bool) -> None:
@@ -152,7 +152,7 @@ class _Impl:
 class HookCaller:
     """Calls one hook's implementations under its combination rule."""
 
-    __slots__ = ("name", "rule", "impls", "is_async", "_hooks")
+    __slots__ = ("_hooks", "impls", "is_async", "name", "rule")
 
     def __init__(self, name: str, rule: str, impls: list[_Impl], hooks: Hooks) -> None:
         self.name = name
@@ -177,7 +177,11 @@ class HookCaller:
         return self._first_non_empty(args)
 
     def _failed(self, impl: _Impl) -> None:
-        log.exception("plugin %s failed in %s", impl.plugin, self.name)
+        # only ever called from an except block: the traceback is the current exception
+        log.error(
+            "plugin %s failed in %s", impl.plugin, self.name,
+            exc_info=True,  # noqa: LOG014 - always called from an except block
+        )
 
     def _broadcast(self, args: tuple[Any, ...]) -> None:
         for impl in self.impls:
@@ -323,8 +327,8 @@ class Hooks:
         #: an on_packet_encode or on_packet_sent implementation exists: PUBLISHes are
         #: built as packet objects for them instead of taking the pre-encoded fast path
         self.packet_hooks = (
-            getattr(self, "on_packet_encode") is not None
-            or getattr(self, "on_packet_sent") is not None
+            self.on_packet_encode is not None
+            or self.on_packet_sent is not None
         )
         #: a configured (not built-in) plugin authenticates connections
         self.auth_configured = False

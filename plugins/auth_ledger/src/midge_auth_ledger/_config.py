@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from ._mosquitto import ACL_KEY, PASSWORD_KEY, parse_acl_file, parse_password_file
 from ._parse import SECTIONS, parse_sections

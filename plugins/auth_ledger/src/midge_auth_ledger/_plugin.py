@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import anyio.to_thread
+
 from midge import PluginConfigError, hookimpl
 
 from ._config import LedgerConfig, load_ledger, parse_config

@@ -20,7 +20,6 @@ from enum import IntFlag
 from ._hashing import StoredPassword
 from ._patterns import covers, wildcard_match
 
-
 _TOKEN = re.compile("%[cu]")
 _UNSAFE = re.compile("[/+#]")
 
