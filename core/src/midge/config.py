@@ -34,7 +34,8 @@ class BrokerSettings:
     """Limits and behaviour of the broker as a whole (the ``[broker]`` table)."""
 
     max_packet_size: int = _limit(
-        MAX_PACKET_SIZE, 64, MAX_PACKET_SIZE, "largest packet accepted, in bytes, header included"
+        16 * 1024 * 1024, 64, MAX_PACKET_SIZE,
+        "largest packet accepted, in bytes, header included (safe default; up to 268435455)",
     )
     receive_maximum: int = _limit(
         1024, 1, 65535, "QoS 1/2 PUBLISHes a v5 client may have unacknowledged towards the broker"

@@ -69,8 +69,8 @@ def test_plain_text(text: str, password: bytes) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("bcrypt$abc", "unknown password hash scheme 'bcrypt'"),
-    ("$2b$12$abcdefghijk", "unknown password hash scheme"),
+    ("bcrypt$abc", "unknown scheme"),
+    ("$2b$12$abcdefghijk", "unknown scheme"),
     ("pbkdf2_sha256$x$c2FsdA==$aGFzaA==", "iterations must be an integer"),
     ("pbkdf2_sha256$0$c2FsdA==$aGFzaA==", "iterations must be an integer from 1"),
     ("pbkdf2_sha256$10$c2FsdA==", "expected ITERATIONS$SALT$HASH"),

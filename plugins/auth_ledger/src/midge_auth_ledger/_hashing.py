@@ -74,22 +74,24 @@ def parse_password(text: str) -> StoredPassword:
         return StoredPassword("plain", text.encode())
     scheme, _, rest = text.lstrip("$").partition("$")
     fields = rest.split("$")
+    label = f"${scheme}$" if scheme.isdigit() else scheme
     if scheme in ("pbkdf2_sha256", "pbkdf2_sha512", "7"):
-        _expect(fields, 3, f"{text[:16]}...", "ITERATIONS$SALT$HASH")
+        _expect(fields, 3, label, "ITERATIONS$SALT$HASH")
         iterations = _number(fields[0], "iterations", 1, MAX_ITERATIONS)
         name = "pbkdf2_sha512" if scheme == "7" else scheme
         return StoredPassword(name, _b64(fields[2], "hash"), _b64(fields[1], "salt"), iterations)
     if scheme == "scrypt":
-        _expect(fields, 5, "scrypt$...", "N$R$P$SALT$HASH")
+        _expect(fields, 5, label, "N$R$P$SALT$HASH")
         cost = _scrypt_cost(fields[0], fields[1], fields[2])
         return StoredPassword("scrypt", _b64(fields[4], "hash"), _b64(fields[3], "salt"),
                               scrypt=cost)
     if scheme == "6":
-        _expect(fields, 2, "$6$...", "SALT$HASH")
+        _expect(fields, 2, label, "SALT$HASH")
         return StoredPassword("sha512", _b64(fields[1], "hash"), _b64(fields[0], "salt"))
+    # The value is not echoed: it may be a plain-text password after all.
     raise ValueError(
-        f"unknown password hash scheme {text.partition('$')[0] or text[:4]!r}: use one of "
-        f"{', '.join(SCHEMES)}, $7$, $6$, or 'plain$' before a plain-text password"
+        f"looks like a password hash of an unknown scheme: use one of {', '.join(SCHEMES)}, "
+        "$7$ or $6$, or write 'plain$' before a plain-text password that contains '$'"
     )
 
 
@@ -138,7 +140,7 @@ def _scrypt_memory(n: int, r: int, p: int) -> int:
 
 def _expect(fields: list[str], count: int, what: str, shape: str) -> None:
     if len(fields) != count:
-        raise ValueError(f"malformed password hash {what}: expected {shape}")
+        raise ValueError(f"malformed {what} password hash: expected {shape}")
 
 
 def _number(text: str, name: str, low: int, high: int) -> int:
