@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,14 +40,15 @@ class RunningBroker:
 def broker_factory() -> Iterator[Callable[..., RunningBroker]]:
     running: list[tuple[Any, Any, Any]] = []
 
-    def start(allow_anonymous: bool = True, **limits: Any) -> RunningBroker:
+    def start(allow_anonymous: bool = True, plugins: list[tuple[str, Any]] | None = None,
+              **limits: Any) -> RunningBroker:
         settings = Settings(
             broker=BrokerSettings(**limits),
             listeners=(
                 ListenerSettings(host="127.0.0.1", port=0, allow_anonymous=allow_anonymous),
             ),
         )
-        broker = Broker(settings)
+        broker = Broker(settings, plugins=plugins)
         cm = anyio.from_thread.start_blocking_portal()
         portal = cm.__enter__()
         future, _ = portal.start_task(broker.run)
@@ -61,8 +63,57 @@ def broker_factory() -> Iterator[Callable[..., RunningBroker]]:
 
 
 @pytest.fixture
-def broker(broker_factory: Callable[..., RunningBroker]) -> RunningBroker:
-    return broker_factory()
+def plugins() -> list[tuple[str, Any]]:
+    """(name, object) plugins for the ``broker`` fixture; a test module may override it."""
+    return []
+
+
+@pytest.fixture
+def broker(
+    broker_factory: Callable[..., RunningBroker], plugins: list[tuple[str, Any]]
+) -> RunningBroker:
+    return broker_factory(plugins=plugins)
+
+
+class Events:
+    """Hook calls recorded in the broker's thread, waited for in the test's thread."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[str, tuple[Any, ...]]] = []
+        self._changed = threading.Condition()
+
+    def add(self, name: str, *args: Any) -> None:
+        with self._changed:
+            self._calls.append((name, args))
+            self._changed.notify_all()
+
+    def of(self, name: str) -> list[tuple[Any, ...]]:
+        """The arguments of every recorded call of ``name`` so far."""
+        with self._changed:
+            return [args for hook, args in self._calls if hook == name]
+
+    def names(self) -> list[str]:
+        with self._changed:
+            return [hook for hook, _ in self._calls]
+
+    def wait(self, name: str, count: int = 1, timeout: float = 5.0) -> list[tuple[Any, ...]]:
+        """The calls of ``name`` once there are ``count``; AssertionError after ``timeout``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.of(name)) >= count, timeout):
+                raise AssertionError(f"{name} called {len(self.of(name))} times, not {count}; "
+                                     f"calls so far: {[hook for hook, _ in self._calls]}")
+        return self.of(name)
+
+    def none(self, name: str, wait: float = 0.5) -> None:
+        """AssertionError if ``name`` is called within ``wait`` seconds."""
+        with self._changed:
+            if self._changed.wait_for(lambda: len(self.of(name)) > 0, wait):
+                raise AssertionError(f"{name} was called: {self.of(name)}")
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
 
 
 @dataclass

@@ -19,13 +19,13 @@ from .access import ListenerAccess, SysPublisher
 from .codec import ReasonCode, RemoteProtocolError, Subscription, Will
 from .config import ListenerSettings, Settings
 from .connection import Connection
-from .handlers import Handlers
+from .handlers import Handlers, will_delay
 from .inline import InlineMixin
 from .message import Message
 from .plugins import Hooks, activate
 from .session import Enqueued, Outbound, Session
 from .stats import Stats
-from .topics import RetainedIndex, SubscriptionTrie
+from .topics import RetainedIndex, SharedGroup, SubscriptionTrie
 
 log = logging.getLogger("midge.broker")
 #: per-client lifecycle lines (connected, disconnected, wills): shown with -v
@@ -63,6 +63,9 @@ class Broker(Handlers, InlineMixin):
         self.connections: set[Connection] = set()
         #: offline sessions with a finite expiry
         self.expiring: dict[str, Session] = {}
+        #: v5 wills waiting for their Will Delay Interval: client id -> (monotonic
+        #: deadline, the closed connection, the will); published by ``sweep``
+        self.pending_wills: dict[str, tuple[float, Connection, Will]] = {}
         self._service_scope: anyio.CancelScope | None = None
         self._conns_tg: TaskGroup | None = None
         #: (host, port) actually bound, per listener, once running
@@ -245,6 +248,12 @@ class Broker(Handlers, InlineMixin):
                     "client %s: keepalive of %d s expired; closing", conn.name, conn.keepalive
                 )
                 conn.kill(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
+        if self.pending_wills:
+            # before session expiry: a will delayed up to the session's end goes first
+            for cid, (due, conn, will) in list(self.pending_wills.items()):
+                if due <= now:
+                    del self.pending_wills[cid]
+                    self.publish_will(conn, will)
         if self.expiring:
             for cid, session in list(self.expiring.items()):
                 if session.expires_at is not None and session.expires_at <= now:
@@ -320,7 +329,27 @@ class Broker(Handlers, InlineMixin):
         will = conn.will
         conn.will = None
         if will is not None and not conn.clean_disconnect:
-            self.publish_will(conn, will)
+            delay = will_delay(conn, will)
+            if delay and session is not None and not expire:
+                # the session lives on: the will waits for its delay, capped by the
+                # session's expiry, unless the client comes back first (MQTT 5 3.1.3.2.2)
+                if session.expiry_interval is not None:
+                    delay = min(delay, session.expiry_interval)
+                clients_log.info("client %s: its will is delayed by %d s", cid, delay)
+                self.pending_wills[cid] = (time.monotonic() + delay, conn, will)
+            else:
+                self.publish_will(conn, will)
+
+    def cancel_will(self, client_id: str, session_ends: bool) -> None:
+        """The client reconnected: drop its delayed will, or send it now when the new
+        connection ends the old session (Clean Start 1)."""
+        pending = self.pending_wills.pop(client_id, None)
+        if pending is None:
+            return
+        if session_ends:
+            self.publish_will(pending[1], pending[2])
+        else:
+            clients_log.info("client %s reconnected: its delayed will is cancelled", client_id)
 
     def publish_will(self, conn: Connection, will: Will) -> None:
         hooks = self.hooks
@@ -381,6 +410,14 @@ class Broker(Handlers, InlineMixin):
                 hooks.on_retain_message(publisher, message, bool(message.payload))
         origin = message.origin
         routes = self.trie.match(message.topic)
+        if self.trie.shared_count:
+            groups = self.trie.match_shared(message.topic)
+            if groups:
+                routes = list(routes)
+                for group in groups:
+                    chosen = self.choose_member(group)
+                    if chosen is not None:
+                        routes.append(group.route(chosen))
         if hooks.on_select_subscribers is not None:
             routes = hooks.on_select_subscribers(message, list(routes))
         delivered = 0
@@ -402,12 +439,47 @@ class Broker(Handlers, InlineMixin):
             delivered += self.deliver_inline(message)
         return delivered
 
+    def choose_member(self, group: SharedGroup) -> str | None:
+        """The member of a shared subscription group to get the next message.
+
+        Round-robin over the members, preferring a connected one with a free inflight
+        slot, then any connected one, then an offline persistent one (which queues it).
+        """
+        order = group.order()
+        count = len(order)
+        if not count:
+            return None
+        start = group.cursor % count
+        connected = offline = -1
+        pick = -1
+        clients = self.clients
+        for step in range(count):
+            index = (start + step) % count
+            conn = clients.get(order[index])
+            if conn is None:
+                if offline < 0:
+                    offline = index
+                continue
+            session = conn.session
+            if session is None or (not session.pending
+                                   and len(session.inflight) < session.max_inflight):
+                pick = index
+                break
+            if connected < 0:
+                connected = index
+        if pick < 0:
+            pick = connected if connected >= 0 else offline
+        group.cursor = pick + 1
+        return order[pick]
+
     def deliver(
         self, client_id: str, message: Message, qos: int, retain: bool,
         subscription_ids: tuple[int, ...] = (),
     ) -> None:
         """Send one message to one client now, or queue it in its session."""
         conn = self.clients.get(client_id)
+        if message.expires_at is not None and message.expired():
+            return self._dropped(conn, message, "message expired")
         if not qos:
             if conn is None:
                 return
@@ -415,11 +487,16 @@ class Broker(Handlers, InlineMixin):
                 return self._dropped(conn, message, "outbound buffer full")
             if not self.allowed(conn, message.topic, False):
                 return self._dropped(conn, message, "not authorized")
-            frame = message.frame(conn.protocol_level, 0, retain, 0, subscription_ids)
+            if conn.alias_max_out:
+                frame, alias, known = self._frame_aliased(conn, message, 0, retain, 0,
+                                                          subscription_ids, False)
+            else:
+                frame = message.frame(conn.protocol_level, 0, retain, 0, subscription_ids)
+                alias, known = 0, False
             if len(frame) > conn.max_packet_out:
                 return self._dropped(conn, message, "larger than the client's maximum")
             if self.hooks.packet_hooks:
-                conn.send_publish(message, 0, retain, 0, subscription_ids, False)
+                conn.send_publish(message, 0, retain, 0, subscription_ids, False, alias, known)
             else:
                 conn.write(frame)
             self.stats.messages_sent += 1
@@ -453,10 +530,16 @@ class Broker(Handlers, InlineMixin):
         if not self.allowed(conn, message.topic, False):
             reason = "not authorized"
         else:
-            frame = message.frame(
-                conn.protocol_level, out.qos, out.retain, out.packet_id, out.subscription_ids,
-                dup,
-            )
+            if conn.alias_max_out:
+                frame, alias, known = self._frame_aliased(
+                    conn, message, out.qos, out.retain, out.packet_id, out.subscription_ids, dup
+                )
+            else:
+                frame = message.frame(
+                    conn.protocol_level, out.qos, out.retain, out.packet_id,
+                    out.subscription_ids, dup,
+                )
+                alias, known = 0, False
             if len(frame) > conn.max_packet_out:
                 reason = "larger than the client's maximum"
         if reason is not None:
@@ -469,7 +552,7 @@ class Broker(Handlers, InlineMixin):
             return self._dropped(conn, message, reason)
         if self.hooks.packet_hooks:
             conn.send_publish(message, out.qos, out.retain, out.packet_id,
-                              out.subscription_ids, dup)
+                              out.subscription_ids, dup, alias, known)
         else:
             conn.write(frame)
         self.stats.messages_sent += 1
@@ -477,11 +560,63 @@ class Broker(Handlers, InlineMixin):
             self.hooks.on_qos_publish(conn, message, out.packet_id, dup)
         return None
 
+    def _frame_aliased(
+        self, conn: Connection, message: Message, qos: int, retain: bool, packet_id: int,
+        subscription_ids: tuple[int, ...], dup: bool,
+    ) -> tuple[bytes, int, bool]:
+        """Frame a delivery to a client that accepts topic aliases: (frame, alias, known).
+
+        The first delivery on a topic carries the topic and a new alias, later ones only
+        the alias. An alias is taken only when its frame fits the client's maximum, so
+        the client has seen every alias it is later sent without a topic.
+        """
+        level = conn.protocol_level
+        aliases = conn.aliases_out
+        alias = aliases.get(message.topic)
+        if alias is not None:
+            frame = message.frame(level, qos, retain, packet_id, subscription_ids, dup,
+                                  alias, True)
+            return frame, alias, True
+        if len(aliases) >= conn.alias_max_out:
+            # all taken: topics beyond the client's maximum travel by name
+            return message.frame(level, qos, retain, packet_id, subscription_ids, dup), 0, False
+        alias = len(aliases) + 1
+        frame = message.frame(level, qos, retain, packet_id, subscription_ids, dup, alias)
+        if len(frame) <= conn.max_packet_out:
+            aliases[message.topic] = alias
+        return frame, alias, False
+
     def pump(self, conn: Connection, session: Session) -> None:
         """Move queued deliveries into free inflight slots and send them."""
         # a delivery abandoned by write_publish frees its slot at once; refill until
         # nothing moves, or the queue behind it stalls for good
-        while ready := session.sendable():
+        while ready := session.sendable(time.monotonic()):
             for out in ready:
                 self.write_publish(conn, out)
+        if session.expired:
+            expired, session.expired = session.expired, []
+            for out in expired:
+                self._dropped(conn, out.message, "message expired")
 
+    def retained_for(self, topic_filter: str) -> list[Message]:
+        """The retained messages matching a filter; expired ones are removed on the way."""
+        messages = self.retained.match(topic_filter)
+        now = 0.0
+        for message in messages:
+            if message.expires_at is not None:
+                now = now or time.monotonic()
+                if message.expires_at <= now:
+                    break
+        else:
+            return messages
+        live: list[Message] = []
+        for message in messages:
+            if message.expired(now):
+                if self.retained.get(message.topic) is message:
+                    self.retained.discard(message.topic)
+                    log.debug("retained message on %s expired", message.topic)
+                    if self.hooks.on_retained_expired is not None:
+                        self.hooks.on_retained_expired(message.topic)
+            else:
+                live.append(message)
+        return live

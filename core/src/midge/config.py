@@ -67,6 +67,9 @@ class BrokerSettings:
     max_topic_length: int = _limit(65535, 1, 65535, "longest topic name or filter, in bytes")
     max_topic_levels: int = _limit(128, 1, 65535, "most levels in a topic name or filter")
     max_client_id_length: int = _limit(65535, 1, 65535, "longest client identifier, in bytes")
+    topic_alias_maximum: int = _limit(
+        10, 0, 65535, "topic aliases a v5 client may set per connection (0: none)"
+    )
     sys_interval: int = _limit(
         10, 0, 86400, "seconds between $SYS updates and on_sys_info_tick (0: never)"
     )

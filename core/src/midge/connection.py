@@ -22,8 +22,6 @@ from .codec import (
     Decoder,
     Disconnect,
     Packet,
-    Property,
-    Publish,
     ReasonCode,
     RemoteProtocolError,
     Role,
@@ -57,6 +55,9 @@ class Connection:
         "_reader_scope",
         "_wake",
         "acl_cache",
+        "alias_max_out",
+        "aliases_in",
+        "aliases_out",
         "broker",
         "clean_disconnect",
         "client_id",
@@ -108,6 +109,12 @@ class Connection:
         self.max_packet_out = 268_435_460
         #: v5 Request Problem Information: reason strings allowed on non-CONNACK packets
         self.problem_info = True
+        #: v5 topic aliases the client set, alias -> topic (this connection only)
+        self.aliases_in: dict[int, str] = {}
+        #: topic aliases the broker assigned towards the client, topic -> alias, up to
+        #: the client's Topic Alias Maximum (0: the client allowed none)
+        self.aliases_out: dict[str, int] = {}
+        self.alias_max_out = 0
         self._out: list[bytes] = []
         self._out_count = 0
         self._wake = anyio.Event()
@@ -151,12 +158,11 @@ class Connection:
             hooks.on_packet_sent(self, packet, data)
 
     def send_publish(self, message: Message, qos: int, retain: bool, packet_id: int,
-                     subscription_ids: tuple[int, ...], dup: bool) -> None:
+                     subscription_ids: tuple[int, ...], dup: bool, alias: int = 0,
+                     alias_known: bool = False) -> None:
         """A delivery as a Publish object (the slow path, for packet hooks)."""
-        props = dict(message.properties)
-        if subscription_ids and self.protocol_level == PROTOCOL_5:
-            props[Property.SUBSCRIPTION_IDENTIFIER] = list(subscription_ids)
-        self.send(Publish(message.topic, message.payload, qos, retain, dup, packet_id, props))
+        self.send(message.publish(self.protocol_level, qos, retain, packet_id,
+                                  subscription_ids, dup, alias, alias_known))
 
     def session_taken_over(self) -> None:
         """Another connection now owns this client id: let go of the session and close."""

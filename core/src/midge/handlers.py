@@ -40,6 +40,7 @@ from .connection import Connection
 from .errors import RejectPublish
 from .message import Message
 from .session import Session
+from .topics import parse_share
 
 if TYPE_CHECKING:
     from .codec import Will
@@ -54,6 +55,13 @@ log = logging.getLogger("midge.broker")
 clients_log = logging.getLogger("midge.clients")
 NEVER = 0xFFFFFFFF
 _LEVELS = {3: "3.1", 4: "3.1.1", 5: "5.0"}
+
+
+def will_delay(conn: Connection, will: Will) -> int:
+    """The Will Delay Interval of a v5 client's will (0 for v3 and without one)."""
+    if conn.protocol_level != PROTOCOL_5:
+        return 0
+    return int(will.properties.get(Property.WILL_DELAY_INTERVAL, 0))
 
 
 class Handlers:
@@ -80,6 +88,8 @@ class Handlers:
         def check_topic(self, topic: str, reason: ReasonCode) -> None: ...
         def discard_session(self, session: Session) -> None: ...
         def publish_will(self, conn: Connection, will: Will) -> None: ...
+        def retained_for(self, topic_filter: str) -> list[Message]: ...
+        def cancel_will(self, client_id: str, session_ends: bool) -> None: ...
 
     def packet_handlers(self) -> dict[type[Any], Any]:
         return {
@@ -164,6 +174,7 @@ class Handlers:
                 session.max_inflight = min(receive_max, self.max_inflight)
             conn.max_packet_out = props.get(Property.MAXIMUM_PACKET_SIZE, conn.max_packet_out)
             conn.problem_info = props.get(Property.REQUEST_PROBLEM_INFORMATION, 1) == 1
+            conn.alias_max_out = props.get(Property.TOPIC_ALIAS_MAXIMUM, 0)
         ack_props: dict[int, Any] = {}
         if v5:
             expiry = props.get(Property.SESSION_EXPIRY_INTERVAL, 0)
@@ -189,8 +200,8 @@ class Handlers:
             ack_props[Property.RECEIVE_MAXIMUM] = limits.receive_maximum
             if limits.max_packet_size < 268_435_455:
                 ack_props[Property.MAXIMUM_PACKET_SIZE] = limits.max_packet_size
-            ack_props[Property.TOPIC_ALIAS_MAXIMUM] = 0
-            ack_props[Property.SHARED_SUBSCRIPTION_AVAILABLE] = 0
+            ack_props[Property.TOPIC_ALIAS_MAXIMUM] = limits.topic_alias_maximum
+            ack_props[Property.SHARED_SUBSCRIPTION_AVAILABLE] = 1
         conn.send(ConnAck(0, present, ack_props))
         self.stats.clients_connected = len(self.clients)
         clients_log.info(
@@ -209,17 +220,23 @@ class Handlers:
 
     def _take_session(self, conn: Connection, packet: Connect,
                       cid: str) -> tuple[Session, bool]:
+        session = self.sessions.get(cid)
+        # a session with expiry 0 (a clean session) ends with the connection just taken
+        # over: its state must not be reused [MQTT-3.1.2-6] (MQTT 5 section 3.1.2.11.2)
+        ends = session is None or packet.clean_start or session.expiry_interval == 0
         old = self.clients.get(cid)
         if old is not None and old is not conn:
             clients_log.info(
                 "client %s: session taken over by a new connection from %s", cid, conn.remote
             )
+            if old.will is not None and not ends and will_delay(old, old.will):
+                # the session continues and the will has a delay: it is not sent
+                # (MQTT 5 section 3.1.3.2.2)
+                old.will = None
             old.session_taken_over()
             del self.clients[cid]
-        session = self.sessions.get(cid)
-        # a session with expiry 0 (a clean session) ends with the connection just taken
-        # over: its state must not be reused [MQTT-3.1.2-6] (MQTT 5 section 3.1.2.11.2)
-        if session is not None and (packet.clean_start or session.expiry_interval == 0):
+        self.cancel_will(cid, ends)
+        if session is not None and ends:
             self.discard_session(session)
             session = None
         present = session is not None
@@ -250,9 +267,7 @@ class Handlers:
         session = conn.session
         assert session is not None
         if conn.protocol_level == PROTOCOL_5 and Property.TOPIC_ALIAS in packet.properties:
-            raise RemoteProtocolError(
-                ReasonCode.TOPIC_ALIAS_INVALID, "topic alias used but the maximum is 0"
-            )
+            self._resolve_alias(conn, packet)
         topic = packet.topic
         self.check_topic(topic, ReasonCode.TOPIC_NAME_INVALID)
         self.stats.messages_received += 1
@@ -285,6 +300,24 @@ class Handlers:
                 return None
         self._publish_accepted(conn, packet)
         return None
+
+    def _resolve_alias(self, conn: Connection, packet: Publish) -> None:
+        """Apply an inbound Topic Alias: set it (with a topic) or use it (without)."""
+        alias = packet.properties[Property.TOPIC_ALIAS]
+        maximum = self.limits.topic_alias_maximum
+        if not 0 < alias <= maximum:
+            raise RemoteProtocolError(
+                ReasonCode.TOPIC_ALIAS_INVALID,
+                f"topic alias {alias} is outside 1..{maximum}" if maximum
+                else "topic alias used but the maximum is 0",
+            )
+        if packet.topic:
+            conn.aliases_in[alias] = packet.topic
+            return
+        topic = conn.aliases_in.get(alias)
+        if topic is None:
+            raise ProtocolViolation(f"topic alias {alias} was never set on this connection")
+        packet.topic = topic
 
     async def _publish_awaiting(self, conn: Connection, packet: Publish) -> None:
         assert self.hooks.on_publish is not None
@@ -377,17 +410,19 @@ class Handlers:
         codes: list[int] = []
         granted = []
         for sub in packet.subscriptions:
-            topic_filter = sub.topic_filter
-            if topic_filter.startswith("$share/"):
-                log.warning(
-                    "client %s: shared subscription %s refused: not supported yet",
-                    conn.client_id, topic_filter,
-                )
-                codes.append(
-                    ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else SUBACK_FAILURE
-                )
+            topic_filter = acl_filter = sub.topic_filter
+            try:
+                share = parse_share(topic_filter)
+            except ValueError as exc:
+                log.warning("client %s: subscription refused: %s", conn.client_id, exc)
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else SUBACK_FAILURE)
                 continue
-            if not self.allowed(conn, topic_filter, False):
+            if share is not None:
+                if sub.no_local and v5:
+                    raise ProtocolViolation(f"No Local on the shared subscription {topic_filter}")
+                # the ACL judges the filter the messages come from
+                acl_filter = share[1]
+            if not self.allowed(conn, acl_filter, False):
                 log.warning("client %s is not authorized to subscribe to %s",
                             conn.client_id, topic_filter)
                 codes.append(refused)
@@ -395,14 +430,15 @@ class Handlers:
             new = self.trie.add(session.client_id, sub, sid)
             session.subscriptions[topic_filter] = (sub, sid)
             codes.append(sub.qos)
-            granted.append((sub, new))
+            if share is None:  # no retained messages on a shared subscribe (MQTT 5 4.8.2)
+                granted.append((sub, new))
         conn.send(SubAck(packet.packet_id, codes))
         if hooks.on_subscribed is not None:
             hooks.on_subscribed(conn, packet, codes)
         for sub, new in granted:
             if sub.retain_handling == 2 or (sub.retain_handling == 1 and not new):
                 continue
-            for message in self.retained.match(sub.topic_filter):
+            for message in self.retained_for(sub.topic_filter):
                 qos = min(message.qos, sub.qos)
                 self.deliver(session.client_id, message, qos, True, (sid,) if sid else ())
                 if hooks.on_retain_published is not None:

@@ -7,6 +7,7 @@ and every framing that can be shared across subscribers is encoded once and cach
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -22,7 +23,10 @@ _HOP_PROPERTIES = (
 class Message:
     """An application message: what was published, by whom, when."""
 
-    __slots__ = ("_wire", "created", "origin", "payload", "properties", "qos", "retain", "topic")
+    __slots__ = (
+        "_wire", "created", "expires_at", "origin", "payload", "properties", "qos", "retain",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -44,6 +48,10 @@ class Message:
         #: client id of the publisher ("" for the broker itself)
         self.origin = origin
         self.created = time.monotonic() if created is None else created
+        #: monotonic deadline from the Message Expiry Interval (None: never expires;
+        #: an interval of 0 is taken as none, as Mosquitto does)
+        interval = self.properties.get(Property.MESSAGE_EXPIRY_INTERVAL)
+        self.expires_at: float | None = self.created + interval if interval else None
         self._wire: dict[Any, Any] = {}
 
     def __repr__(self) -> str:
@@ -51,6 +59,47 @@ class Message:
             f"Message(topic={self.topic!r}, payload={self.payload[:32]!r}, qos={self.qos}, "
             f"retain={self.retain}, origin={self.origin!r})"
         )
+
+    def expired(self, now: float | None = None) -> bool:
+        """True once the Message Expiry Interval has passed (never without one)."""
+        expires_at = self.expires_at
+        if expires_at is None:
+            return False
+        return expires_at <= (time.monotonic() if now is None else now)
+
+    def remaining(self, now: float | None = None) -> int:
+        """The Message Expiry Interval to forward: the published one less the time waited."""
+        assert self.expires_at is not None
+        left = self.expires_at - (time.monotonic() if now is None else now)
+        return max(0, math.ceil(left))
+
+    def publish(
+        self,
+        level: int,
+        qos: int,
+        retain: bool,
+        packet_id: int = 0,
+        subscription_ids: tuple[int, ...] = (),
+        dup: bool = False,
+        alias: int = 0,
+        alias_known: bool = False,
+    ) -> Publish:
+        """This message as a PUBLISH packet for one subscriber (the uncached path).
+
+        ``alias`` adds a Topic Alias; with ``alias_known`` the client already has it and
+        the topic name is left empty.
+        """
+        props = self.properties
+        if level == PROTOCOL_5 and (self.expires_at is not None or subscription_ids or alias):
+            props = dict(props)
+            if self.expires_at is not None:
+                props[Property.MESSAGE_EXPIRY_INTERVAL] = self.remaining()
+            if subscription_ids:
+                props[Property.SUBSCRIPTION_IDENTIFIER] = list(subscription_ids)
+            if alias:
+                props[Property.TOPIC_ALIAS] = alias
+        topic = "" if alias and alias_known else self.topic
+        return Publish(topic, self.payload, qos, retain, dup, packet_id, props)
 
     def frame(
         self,
@@ -60,17 +109,23 @@ class Message:
         packet_id: int = 0,
         subscription_ids: tuple[int, ...] = (),
         dup: bool = False,
+        alias: int = 0,
+        alias_known: bool = False,
     ) -> bytes:
         """The PUBLISH bytes of this message for one subscriber."""
         v5 = level == PROTOCOL_5
-        if dup or (v5 and subscription_ids):
-            props = dict(self.properties)
-            if v5 and subscription_ids:
-                props[Property.SUBSCRIPTION_IDENTIFIER] = list(subscription_ids)
-            packet = Publish(self.topic, self.payload, qos, retain, dup, packet_id, props)
+        if dup or (v5 and (subscription_ids or alias)):
+            packet = self.publish(level, qos, retain, packet_id, subscription_ids, dup, alias,
+                                  alias_known)
             byte0, topic, tail = publish_header(packet, level)
             return frame_publish(byte0, topic, packet_id, tail)
-        key = (v5, qos, retain)
+        key: tuple[Any, ...] = (v5, qos, retain)
+        if v5 and self.expires_at is not None:
+            # the forwarded interval changes as the message waits: one cache entry per
+            # value, and only a few kept (a fan-out happens within one second)
+            key = (v5, qos, retain, self.remaining())
+            if key not in self._wire and len(self._wire) >= 8:
+                self._wire.clear()
         if not qos:
             frame = self._wire.get(key)
             if frame is None:
@@ -81,11 +136,15 @@ class Message:
             pieces = self._wire[key] = self._pieces(key, level)
         return frame_publish(pieces[0], pieces[1], packet_id, pieces[2])
 
-    def _pieces(self, key: tuple[bool, int, bool], level: int) -> tuple[int, bytes, bytes]:
-        _, qos, retain = key
-        packet = Publish(self.topic, self.payload, qos, retain, False, 0, self.properties)
+    def _pieces(self, key: tuple[Any, ...], level: int) -> tuple[int, bytes, bytes]:
+        qos, retain = key[1], key[2]
+        props = self.properties
+        if len(key) > 3:
+            props = dict(props)
+            props[Property.MESSAGE_EXPIRY_INTERVAL] = key[3]
+        packet = Publish(self.topic, self.payload, qos, retain, False, 0, props)
         return publish_header(packet, level)
 
-    def _frame0(self, key: tuple[bool, int, bool], level: int) -> bytes:
+    def _frame0(self, key: tuple[Any, ...], level: int) -> bytes:
         byte0, topic, tail = self._pieces(key, level)
         return frame_publish(byte0, topic, 0, tail)

@@ -110,6 +110,12 @@ def resolve_secrets(table: dict[str, Any], where: str) -> dict[str, Any]:
                     ) from None
         elif isinstance(value, dict):
             out[key] = resolve_secrets(value, f"{where}.{key}")
+        elif isinstance(value, list):
+            out[key] = [
+                resolve_secrets(item, f"{where}.{key}[{index}]") if isinstance(item, dict)
+                else item
+                for index, item in enumerate(value)
+            ]
         else:
             out[key] = value
     return out
@@ -246,20 +252,20 @@ class HookCaller:
 
     async def _call_async(self, args: tuple[Any, ...]) -> Any:
         rule = self.rule
-        value = args[-1]
+        value = args[-1] if args else None  # stored_* hooks take no arguments
         for impl in self.impls:
             call_args = (*args[:-1], value) if rule == PIPELINE else args
             try:
                 result = impl.call(call_args)
                 if inspect.isawaitable(result):
                     result = await result
-            except Refuse as exc:
-                if rule == STOP_ON_EXCEPTION:
+            except Exception as exc:
+                # as in the plain versions: a vote counts any exception as a denial, and
+                # on_connect refuses with 0x80 for anything but Refuse
+                if rule == STOP_ON_EXCEPTION and isinstance(exc, Refuse):
                     return int(exc.reason_code)
-                raise
-            except _CONTRACT:
-                raise
-            except Exception:
+                if isinstance(exc, _CONTRACT) and rule not in (VOTE, STOP_ON_EXCEPTION):
+                    raise
                 if rule == VOTE:
                     log.exception("plugin %s failed in %s; counted as a denial",
                                   impl.plugin, self.name)
@@ -293,6 +299,9 @@ class Hooks:
         self.plugins: dict[str, Any] = {}
         self._deferred: deque[tuple[HookCaller, _Impl, Awaitable[Any]]] = deque()
         self._wake: anyio.Event | None = None
+        #: the worker has stopped but the broker is still closing connections: keep
+        #: deferred implementations for the final ``drain()`` instead of skipping them
+        self._stopping = False
         ordered = list(plugins)
         # pluggy calls the last registered first: register backwards so that the
         # configuration's order is the call order
@@ -363,7 +372,7 @@ class Hooks:
     # -- async broadcast implementations run in order, off the event's path ------------
 
     def defer(self, caller: HookCaller, impl: _Impl, awaitable: Awaitable[Any]) -> None:
-        if self._wake is None:
+        if self._wake is None and not self._stopping:
             # no worker (the broker is not running): run nothing, but say so
             if isinstance(awaitable, Coroutine):
                 awaitable.close()
@@ -371,7 +380,8 @@ class Hooks:
                         impl.plugin, caller.name)
             return
         self._deferred.append((caller, impl, awaitable))
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     def defer_awaitable(self, what: str, awaitable: Awaitable[Any]) -> None:
         """Await something for the broker's code (an inline callback) on the worker."""
@@ -388,6 +398,7 @@ class Hooks:
                 await self.drain()
         finally:
             self._wake = None
+            self._stopping = True
 
     async def drain(self) -> None:
         """Await every deferred implementation now (used at shutdown)."""
@@ -397,6 +408,8 @@ class Hooks:
                 await awaitable
             except Exception:
                 log.exception("plugin %s failed in %s", impl.plugin, caller.name)
+        if self._wake is None:
+            self._stopping = False  # the final drain at shutdown: nothing runs later
 
 
 def activate(

@@ -47,6 +47,7 @@ class Session:
         "_next_id",
         "client_id",
         "dropped",
+        "expired",
         "expires_at",
         "expiry_interval",
         "inbound_qos2",
@@ -85,6 +86,9 @@ class Session:
         self.online = False
         #: deliveries dropped because the queue was full
         self.dropped = 0
+        #: queued deliveries whose message expired before they could be sent, for the
+        #: broker to collect (``sendable`` puts them here)
+        self.expired: list[Outbound] = []
         self._next_id = 1
 
     def enqueue(self, out: Outbound) -> Enqueued:
@@ -103,11 +107,20 @@ class Session:
         self.pending.append(out)
         return Enqueued.NO_PACKET_ID if exhausted else Enqueued.QUEUED
 
-    def sendable(self) -> list[Outbound]:
-        """Move queued deliveries into free inflight slots; returns what to send now."""
+    def sendable(self, now: float | None = None) -> list[Outbound]:
+        """Move queued deliveries into free inflight slots; returns what to send now.
+
+        With ``now``, deliveries whose message expired by then are not sent: they move to
+        ``expired`` instead (an expired message is dropped, never started).
+        """
         ready: list[Outbound] = []
         pending = self.pending
         while pending and len(self.inflight) < self.max_inflight:
+            if now is not None:
+                expires_at = pending[0].message.expires_at
+                if expires_at is not None and expires_at <= now:
+                    self.expired.append(pending.popleft())
+                    continue
             pid = self._allocate()
             if not pid:
                 break
@@ -156,6 +169,7 @@ class Session:
         count = len(self.pending) + len(self.inflight)
         self.pending.clear()
         self.inflight.clear()
+        self.expired.clear()
         return count
 
     def _allocate(self) -> int:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 import pytest
+from midge_auth_allow import AllowPlugin
+
 from midge import PluginConfigError
 from midge.codec import Connect
-
-from midge_auth_allow import AllowPlugin
 
 
 @dataclass

@@ -4,12 +4,11 @@ hooks, and helpers that call the plugin's hook methods the way the broker does."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
-from midge.codec import Connect
-
 from midge_auth_ledger import LedgerPlugin
+
+from midge.codec import Connect
 
 
 @dataclass
@@ -37,10 +36,10 @@ def connect(plugin: LedgerPlugin, username: str | None = None, password: str | N
     packet = Connect(client_id=client_id, username=username,
                      password=None if password is None else password.encode())
 
-    async def call() -> Any:
+    async def call() -> bool:
         return await plugin.on_connect_authenticate(client, packet)
 
-    return anyio.run(call)  # type: ignore[no-any-return]
+    return anyio.run(call)
 
 
 def acl(plugin: LedgerPlugin, topic: str, write: bool, username: str | None = None,

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from ledger_fakes import acl, can
-
 from midge_auth_ledger import LedgerPlugin
 
 LEVELS = {"d/#": 0, "r/#": 1, "w/#": 2, "rw/#": 3}
@@ -105,7 +104,7 @@ def test_acl_default_is_deny() -> None:
 def test_rule_matching_on_client_username_and_remote() -> None:
     p = plugin(acl=[{"client": "dev-*", "username": "sensor", "remote": "10.*",
                      "filters": {"#": 3}}])
-    ok = {"client_id": "dev-1", "username": "sensor", "remote": "10.0.0.1:5"}
+    ok: dict[str, Any] = {"client_id": "dev-1", "username": "sensor", "remote": "10.0.0.1:5"}
     assert can(p, "t", **ok) == "3"
     assert can(p, "t", **{**ok, "client_id": "x"}) == "0"
     assert can(p, "t", **{**ok, "username": None}) == "0"

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from ledger_fakes import connect
-
 from midge_auth_ledger import LedgerPlugin, hash_password
 from midge_auth_ledger._hashing import StoredPassword
 
@@ -89,7 +88,7 @@ def test_no_matching_rule_denies() -> None:
 def test_auth_rule_fields_all_have_to_match() -> None:
     p = plugin(auth=[{"client": "dev-*", "username": "sensor", "remote": "10.0.*",
                       "password": "pw", "allow": True}])
-    ok = {"username": "sensor", "password": "pw", "client_id": "dev-1",
+    ok: dict[str, Any] = {"username": "sensor", "password": "pw", "client_id": "dev-1",
           "remote": "10.0.0.9:1234"}
     assert connect(p, **ok) is True
     assert connect(p, **{**ok, "client_id": "prod-1"}) is False

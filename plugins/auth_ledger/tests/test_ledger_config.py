@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from ledger_fakes import can, connect
-from midge import PluginConfigError
-
 from midge_auth_ledger import LedgerPlugin
+
+from midge import PluginConfigError
 
 LEDGER_YAML = """\
 users:
@@ -185,6 +185,20 @@ def test_bad_file_contents_name_file_and_path(tmp_path: Path, name: str, text: s
     assert message in error.message
 
 
+@pytest.mark.parametrize(("name", "text"), [
+    ("l.yaml", "users:\n  alice:\n    password: [sekrit\n"),
+    ("l.json", '{"users": {"alice": {"password": sekrit}}}'),
+    ("l.toml", '[users.alice]\npassword = sekrit\n'),
+])
+def test_syntax_errors_do_not_quote_the_file(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    error = config_error({"file": str(path)})
+    assert "line" in error.message
+    assert "sekrit" not in error.message
+    assert "\n" not in error.message
+
+
 def test_empty_yaml_file_is_an_empty_ledger(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("")
@@ -238,3 +252,10 @@ def test_reload_without_files_keeps_inline_rules() -> None:
     p = LedgerPlugin(LEDGER_DATA)
     p.on_reload(None)
     check_example(p)
+
+
+def test_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    (ep,) = [ep for ep in entry_points(group="midge.plugins") if ep.name == "auth_ledger"]
+    assert ep.load() is LedgerPlugin

@@ -8,22 +8,25 @@ import io
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-
 from midge_auth_ledger import hash_password, main
 from midge_auth_ledger._hashing import parse_password
 
 needs_mosquitto_passwd = pytest.mark.skipif(
     shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd is not installed")
 
-FAST = {"pbkdf2_sha256": {"iterations": 1000}, "pbkdf2_sha512": {"iterations": 1000},
-        "scrypt": {"n": 1024, "r": 4, "p": 1}}
+FAST: dict[str, dict[str, Any]] = {
+    "pbkdf2_sha256": {"iterations": 1000},
+    "pbkdf2_sha512": {"iterations": 1000},
+    "scrypt": {"n": 1024, "r": 4, "p": 1},
+}
 
 
 @pytest.mark.parametrize("scheme", ["pbkdf2_sha256", "pbkdf2_sha512", "scrypt"])
 def test_hash_round_trip(scheme: str) -> None:
-    stored = hash_password("s3cret", scheme, **FAST[scheme])  # type: ignore[arg-type]
+    stored = hash_password("s3cret", scheme, **FAST[scheme])
     assert stored.startswith(scheme + "$")
     parsed = parse_password(stored)
     assert parsed.hashed

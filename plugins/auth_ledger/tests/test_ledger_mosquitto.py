@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from ledger_fakes import acl, can, connect
-from midge import PluginConfigError
-
 from midge_auth_ledger import LedgerPlugin
+
+from midge import PluginConfigError
 
 needs_mosquitto_passwd = pytest.mark.skipif(
     shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd is not installed")

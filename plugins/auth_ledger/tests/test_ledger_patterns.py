@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from midge_auth_ledger._patterns import covers, wildcard_match
 
 
@@ -29,6 +28,12 @@ from midge_auth_ledger._patterns import covers, wildcard_match
     ("", "", True),
     ("", "x", False),
     ("*", "line\nbreak", True),
+    ("ab*ba", "aba", False),         # head and tail may not overlap
+    ("ab*ba", "abba", True),
+    ("*a*a*", "a", False),
+    ("*a*a*", "aa", True),
+    ("**", "", True),
+    ("a**b", "ab", True),
 ])
 def test_wildcard_match(pattern: str, value: str, expected: bool) -> None:
     assert wildcard_match(pattern, value) is expected
@@ -79,3 +84,9 @@ def test_covers_topic_names(acl_filter: str, topic: str, expected: bool) -> None
 def test_covers_subscription_filters(acl_filter: str, subscription: str,
                                      expected: bool) -> None:
     assert covers(acl_filter, subscription) is expected
+
+
+def test_wildcard_match_is_fast_on_long_values() -> None:
+    value = "a" * 65535
+    assert wildcard_match("*a*a*a*a*a*a*b", value) is False
+    assert wildcard_match("*a*a*a*a*a*a*", value) is True

@@ -113,6 +113,12 @@ def check_topic_filter(topic_filter: str) -> None:
     """A topic filter: non-empty; '+' fills a whole level; '#' is a whole, last level."""
     if not topic_filter:
         raise RemoteProtocolError(ReasonCode.TOPIC_FILTER_INVALID, "topic filter is empty")
+    if topic_filter.startswith("$share/"):
+        # a shared subscription: the broker judges the share name (and answers a bad one
+        # in the SUBACK, 0x8F); only the filter after it is checked here
+        _, sep, topic_filter = topic_filter[7:].partition("/")
+        if not sep or not topic_filter:
+            return
     if "+" not in topic_filter and "#" not in topic_filter:
         return
     levels = topic_filter.split("/")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from ._errors import LocalProtocolError, MalformedPacket, ProtocolViolation
+from ._errors import LocalProtocolError, MalformedPacket, ProtocolViolation, RemoteProtocolError
 from ._packets import PacketType, Properties
 from ._primitives import (
     encode_binary,
@@ -20,6 +20,7 @@ from ._primitives import (
     read_string,
     read_varint,
 )
+from ._reasons import ReasonCode
 
 
 class Property(IntEnum):
@@ -188,6 +189,11 @@ def read_properties(
             text, pos = read_string(buf, pos, stop)
             value = (name, text)
         if spec.bounds is not None and not spec.bounds[0] <= value <= spec.bounds[1]:
+            if ident == Property.TOPIC_ALIAS:
+                # MQTT 5 section 3.3.2.3.4: alias 0 is "Topic Alias invalid" (0x94)
+                raise RemoteProtocolError(
+                    ReasonCode.TOPIC_ALIAS_INVALID, f"topic alias {value} is not allowed"
+                )
             raise ProtocolViolation(f"property {_NAMES[ident]} has the invalid value {value}")
         if spec.repeatable:
             # Subscription Identifier repeats in PUBLISH, never in SUBSCRIBE (5.0 3.8.2.1.2)

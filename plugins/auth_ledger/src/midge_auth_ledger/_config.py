@@ -100,15 +100,15 @@ def read_ledger_file(path: Path) -> dict[str, Any]:
     """Read a YAML, JSON or TOML ledger file (by extension) into its top-level table."""
     text = _read(path, "file")
     try:
-        if path.suffix == ".json":
+        if path.suffix.lower() == ".json":
             data = json.loads(text)
-        elif path.suffix == ".toml":
+        elif path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
         else:
             data = yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise LedgerError("file", f"{path}: not valid {path.suffix[1:].upper()}: {exc}") \
-            from None
+        raise LedgerError("file", f"{path}: not valid {path.suffix[1:].upper()}: "
+                          f"{_syntax_error(exc)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -119,6 +119,18 @@ def read_ledger_file(path: Path) -> dict[str, Any]:
             raise LedgerError("file", f"{path}: {key}: unknown key; allowed: "
                               f"{', '.join(SECTIONS)}")
     return data
+
+
+def _syntax_error(exc: Exception) -> str:
+    """The parser's complaint and position, on one line and without quoting the file
+    (the offending line may hold a password)."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.YAMLError) and mark is not None:
+        problem = getattr(exc, "problem", None) or "syntax error"
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, yaml.YAMLError):
+        return "syntax error"
+    return str(exc).splitlines()[0] if str(exc) else "syntax error"
 
 
 def _path(table: Mapping[str, Any], key: str, suffixes: tuple[str, ...] = ()) -> Path | None:

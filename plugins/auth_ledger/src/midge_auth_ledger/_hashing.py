@@ -119,7 +119,8 @@ def hash_password(password: str, scheme: str = "pbkdf2_sha256", *,
         cost = _scrypt_cost(str(dn if n is None else n), str(dr if r is None else r),
                             str(dp if p is None else p))
         digest = StoredPassword("scrypt", b"\0" * 64, salt, scrypt=cost)._derive(secret)
-        return "scrypt${}${}${}${}${}".format(*cost, _enc(salt), _enc(digest))
+        n, r, p = cost
+        return f"scrypt${n}${r}${p}${_enc(salt)}${_enc(digest)}"
     raise ValueError(f"unknown scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
 
 

@@ -10,20 +10,27 @@ leading wildcard never matches a ``$`` topic).
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
-
-
-@lru_cache(maxsize=1024)
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
-
 
 def wildcard_match(pattern: str, value: str) -> bool:
-    """True when ``value`` matches ``pattern`` in full (``*`` is the only wildcard)."""
+    """True when ``value`` matches ``pattern`` in full (``*`` is the only wildcard).
+
+    Linear scans only (no regular expression), so a long client id cannot make a
+    pattern with many ``*`` backtrack: the text between stars is found leftmost-first,
+    which is exact for patterns whose only wildcard is ``*``.
+    """
     if "*" not in pattern:
         return pattern == value
-    return _compile(pattern).fullmatch(value) is not None
+    head, *middle, tail = pattern.split("*")
+    if len(head) + len(tail) > len(value) or not (
+            value.startswith(head) and value.endswith(tail)):
+        return False
+    position, end = len(head), len(value) - len(tail)
+    for part in middle:
+        found = value.find(part, position, end)
+        if found < 0:
+            return False
+        position = found + len(part)
+    return True
 
 
 def covers(acl_filter: str, topic: str) -> bool:

@@ -41,12 +41,12 @@ def describe(packet: Any, options: Options) -> str:
         elif spec.name == "will":
             if value is not None:
                 parts.append(f"will=({_will(value, options)})")
+        elif spec.name == "protocol_level" and isinstance(packet, Connect):
+            parts.append(f"protocol={packet.protocol_name}/{value}")
         elif spec.name == "subscriptions":
             parts.append("subscriptions=[" + ", ".join(_sub(s) for s in value) + "]")
         else:
             parts.append(f"{spec.name}={value!r}")
-    if isinstance(packet, Connect):
-        parts.insert(1, f"protocol={packet.protocol_name}/{packet.protocol_level}")
     return " ".join(parts)
 
 
