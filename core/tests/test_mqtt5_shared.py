@@ -81,7 +81,7 @@ def test_each_message_goes_to_one_member_round_robin(raw_factory: Factory) -> No
     payloads = [str(i).encode() for i in range(9)]
     _publish(raw_factory, "sh/t", payloads)
     got = [[p.payload for p in _drain(raw)] for raw in members]
-    assert sorted(sum(got, [])) == sorted(payloads)
+    assert sorted(payload for each in got for payload in each) == sorted(payloads)
     assert [len(g) for g in got] == [3, 3, 3]
     assert all(p.topic == "sh/t" for raw in members for p in _drain(raw, 0.05))
 
