@@ -328,9 +328,6 @@ def test_no_will_hooks_after_a_normal_disconnect(
 # -- enhanced authentication ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: enhanced authentication is not implemented: a "
-                   "CONNECT with an Authentication Method is refused with 0x8C and AUTH is a "
-                   "protocol violation, so on_auth_packet is never called")
 def test_on_auth_packet_answers_an_auth_exchange(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:
@@ -350,9 +347,13 @@ def test_on_auth_packet_answers_an_auth_exchange(
     raw = raw_factory(port=running.port, level=5)
     connack = raw.connect("reauth", 5, properties={Property.AUTHENTICATION_METHOD: "TEST"})
     assert connack.reason_code == 0, connack
+    assert connack.properties[Property.AUTHENTICATION_METHOD] == "TEST"
+    # the CONNECT's method and data reached the hook as AUTH 0x18 (continue)
+    [(cid, packet)] = events.wait("on_auth_packet")
+    assert cid == "reauth" and packet == Auth(0x18, {Property.AUTHENTICATION_METHOD: "TEST"})
     raw.send(Auth(0x19, {Property.AUTHENTICATION_METHOD: "TEST"}))  # re-authenticate
     assert raw.recv() == Auth(0, {Property.AUTHENTICATION_METHOD: "TEST"})
-    [(cid, packet)] = events.wait("on_auth_packet")
+    (cid, packet) = events.wait("on_auth_packet", 2)[1]
     assert cid == "reauth" and packet.reason_code == 0x19
 
 

@@ -13,14 +13,15 @@ import time
 from typing import Any
 
 import anyio
-from anyio.abc import SocketAttribute, TaskGroup, TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from .access import ListenerAccess, SysPublisher
 from .codec import ReasonCode, RemoteProtocolError, Subscription, Will
-from .config import ListenerSettings, Settings
+from .config import Settings
 from .connection import Connection
-from .handlers import Handlers, will_delay
+from .handlers import Handlers, PendingConnect, will_delay
 from .inline import InlineMixin
+from .listeners.tcp import Bound, bind_tcp
 from .message import Message
 from .plugins import Hooks, activate
 from .session import Enqueued, Outbound, Session
@@ -66,6 +67,8 @@ class Broker(Handlers, InlineMixin):
         #: v5 wills waiting for their Will Delay Interval: client id -> (monotonic
         #: deadline, the closed connection, the will); published by ``sweep``
         self.pending_wills: dict[str, tuple[float, Connection, Will]] = {}
+        #: connections in the enhanced-authentication exchange of their CONNECT
+        self.auth_exchanges: dict[Connection, PendingConnect] = {}
         self._service_scope: anyio.CancelScope | None = None
         self._conns_tg: TaskGroup | None = None
         #: (host, port) actually bound, per listener, once running
@@ -98,7 +101,6 @@ class Broker(Handlers, InlineMixin):
 
     async def run(self, *, task_status: TaskStatus[Broker] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind every listener, serve until ``shutdown()``, then close gracefully."""
-        listeners = await self._bind()
         hooks = self.hooks
         if not hooks.auth_configured and not any(
             spec.allow_anonymous for spec in self.settings.listeners
@@ -107,63 +109,49 @@ class Broker(Handlers, InlineMixin):
                 "no authentication plugin is active: every connection will be refused "
                 "(activate one, e.g. [plugins.auth_allow] or [plugins.auth_ledger])"
             )
+        bound: list[Bound] = []
         try:
             await self._restore()
             async with anyio.create_task_group() as conns:
                 self._conns_tg = conns
                 async with anyio.create_task_group() as service:
                     self._service_scope = service.cancel_scope
+                    await self._bind(conns, bound)
                     service.start_soon(hooks.run_deferred)
                     if hooks.on_started is not None:
                         await hooks.call_awaiting("on_started", self)
-                    for listener, spec in listeners:
-                        service.start_soon(self._accept_loop, listener, spec)
                     service.start_soon(self._sweep_loop)
                     if self.limits.sys_interval and hooks.on_sys_info_tick is not None:
                         service.start_soon(self._sys_loop)
                     task_status.started(self)
                 log.info("shutting down: closing %d connections", len(self.connections))
-                for listener, _ in listeners:
+                for listener in bound:
                     await listener.aclose()
                 for conn in list(self.connections):
                     conn.kill(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
-                conns.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE
+                with anyio.move_on_after(SHUTDOWN_GRACE):
+                    while self.connections:
+                        await anyio.sleep(0.02)
+                conns.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE):
+                for listener in bound:
+                    await listener.aclose()
                 await hooks.drain()
                 if hooks.on_stopped is not None:
                     await hooks.call_awaiting("on_stopped", self)
-            for listener, _ in listeners:
-                await listener.aclose()
         log.info("stopped")
 
-    async def _bind(self) -> list[tuple[Any, ListenerSettings]]:
-        listeners: list[tuple[Any, ListenerSettings]] = []
-        try:
-            for spec in self.settings.listeners:
-                try:
-                    multi = await anyio.create_tcp_listener(
-                        local_host=spec.host, local_port=spec.port, reuse_port=False
-                    )
-                except OSError as exc:
-                    # name the address: with several listeners "address in use" is a riddle
-                    raise OSError(
-                        exc.errno, f"cannot listen on {spec.host}:{spec.port}: {exc.strerror}"
-                    ) from exc
-                for listener in multi.listeners:
-                    listeners.append((listener, spec))
-                    address: Any = listener.extra(SocketAttribute.local_address)
-                    host, port = address[0], address[1]
-                    self.addresses.append((str(host), int(port)))
-                    log.info(
-                        "listening on %s:%s (tcp%s)", host, port,
-                        ", anonymous clients allowed" if spec.allow_anonymous else "",
-                    )
-        except BaseException:
-            for listener, _ in listeners:
-                await listener.aclose()
-            raise
-        return listeners
+    async def _bind(self, conns: TaskGroup, bound: list[Bound]) -> None:
+        for spec in self.settings.listeners:
+            listener = await bind_tcp(self, spec, conns)
+            bound.append(listener)
+            for host, port in listener.addresses:
+                self.addresses.append((host, port))
+                log.info(
+                    "listening on %s:%s (tcp%s)", host, port,
+                    ", anonymous clients allowed" if spec.allow_anonymous else "",
+                )
 
     def shutdown(self) -> None:
         """Stop accepting, tell v5 clients 0x8B, close every connection, return from run."""
@@ -178,39 +166,14 @@ class Broker(Handlers, InlineMixin):
         for conn in self.connections:
             conn.acl_cache.clear()
 
-    async def _accept_loop(self, listener: Any, spec: ListenerSettings) -> None:
-        assert self._conns_tg is not None
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                # out of file descriptors and the like: keep serving the others
-                log.error("accept on %s failed: %s", spec.label, exc)
-                await anyio.sleep(0.1)
-                continue
-            self._conns_tg.start_soon(self._serve_connection, stream, spec)
-
-    async def _serve_connection(self, stream: Any, spec: ListenerSettings) -> None:
-        try:
-            address = stream.extra(SocketAttribute.remote_address)
-            remote_host, remote = str(address[0]), f"{address[0]}:{address[1]}"
-        except Exception:
-            remote_host = remote = "?"
-        if len(self.connections) >= self.limits.max_connections:
-            log.warning(
-                "refusing connection from %s: max_connections %d reached",
-                remote, self.limits.max_connections,
-            )
-            await stream.aclose()
-            return
-        conn = Connection(self, stream, spec, remote, self.limits.max_packet_size)
-        conn.remote_host = remote_host
+    def connection_opened(self, conn: Connection) -> None:
+        """A listener accepted ``conn``."""
         self.connections.add(conn)
         self.stats.connections_total += 1
-        try:
-            await conn.run()
-        finally:
-            self.connections.discard(conn)
+
+    def connection_closed(self, conn: Connection) -> None:
+        """``conn``'s transport is closed."""
+        self.connections.discard(conn)
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -305,6 +268,7 @@ class Broker(Handlers, InlineMixin):
     def connection_lost(self, conn: Connection) -> None:
         """Called once when a connection ends, however it ends."""
         if not conn.connected:
+            self.auth_exchanges.pop(conn, None)
             return
         cid = conn.client_id
         if self.clients.get(cid) is conn:

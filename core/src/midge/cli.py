@@ -133,6 +133,16 @@ def _backend_options() -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
+def _leaves(group: BaseExceptionGroup[Any]) -> list[Exception]:
+    found: list[Exception] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        elif isinstance(exc, Exception):
+            found.append(exc)
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["plugins"]:
@@ -164,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         anyio.run(serve, broker, backend_options=_backend_options())
     except* OSError as group:
-        # serve's task group wraps a bind failure in an ExceptionGroup
-        failures.extend(group.exceptions)
+        # task groups wrap a bind failure in (nested) exception groups
+        failures.extend(_leaves(group))
     except* KeyboardInterrupt:
         pass
     if failures:

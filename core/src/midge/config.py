@@ -73,6 +73,25 @@ class BrokerSettings:
     sys_interval: int = _limit(
         10, 0, 86400, "seconds between $SYS updates and on_sys_info_tick (0: never)"
     )
+    maximum_qos: int = _limit(
+        2, 0, 2,
+        "highest QoS accepted and granted (below 2: told to v5 clients; a PUBLISH above it: "
+        "DISCONNECT 0x9B)",
+    )
+    retain_available: bool = field(default=True, metadata={
+        "doc": "retained messages are supported (false: told to v5 clients; a retained "
+               "PUBLISH: DISCONNECT 0x9A)"})
+    wildcard_subscriptions: bool = field(default=True, metadata={
+        "doc": "filters with + or # are accepted (false: told to v5 clients; using one: "
+               "DISCONNECT 0xA2, v3: SUBACK failure)"})
+    subscription_identifiers: bool = field(default=True, metadata={
+        "doc": "v5 subscription identifiers are accepted (false: told to v5 clients; using "
+               "one: DISCONNECT 0xA1)"})
+    shared_subscriptions: bool = field(default=True, metadata={
+        "doc": "$share/{group}/{filter} subscriptions are accepted (false: told to v5 clients; "
+               "using one: DISCONNECT 0x9E, v3: SUBACK failure)"})
+    response_information: str = field(default="", metadata={
+        "doc": "Response Information for v5 clients that request it (\"\": none)"})
 
 
 @dataclass(frozen=True, slots=True)

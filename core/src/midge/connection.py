@@ -1,19 +1,18 @@
-"""One network connection: the read loop, the coalescing writer, and orderly close.
+"""One client connection's protocol side: decode, dispatch, buffer the answers, close.
 
-The rule: this module does I/O and nothing else. Decoded packets go to the broker's
-handlers; the broker answers by appending encoded bytes with ``write``, which never
-blocks. A writer task drains everything appended since its last wake-up in one socket
-write, so a batch of packets read together is answered with one send.
+The rule (after h11): this module does no I/O. A listener's driver feeds it the bytes it
+reads (``feed``), takes what it should write (``take_output``) when asked to flush, and
+reports the end of the transport (``transport_lost``). Decoded packets go to the broker's
+handlers at once; answers are appended with ``write``, which never blocks, and a batch
+of packets read together is answered with one socket write.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
-
-import anyio
-from anyio.abc import ByteStream
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .codec import (
     PROTOCOL_5,
@@ -34,15 +33,23 @@ from .config import ListenerSettings
 from .errors import DropPacket
 
 if TYPE_CHECKING:
+    from .broker import Broker
     from .message import Message
     from .session import Session
 
 log = logging.getLogger("midge.connection")
 
-RECEIVE_SIZE = 65536
-#: seconds a closing connection gets to flush what it still has to say
-CLOSE_FLUSH_TIMEOUT = 2.0
-_CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+class Driver(Protocol):
+    """What a listener provides to move a Connection's bytes."""
+
+    @property
+    def backlog(self) -> int:
+        """Frames handed to the socket that it has not been able to send yet."""
+
+    def schedule_flush(self) -> None:
+        """Call ``take_output`` soon (once per event-loop iteration at most); when the
+        connection is closing, close the transport after writing."""
 
 
 class Connection:
@@ -50,10 +57,10 @@ class Connection:
 
     __slots__ = (
         "_closing",
+        "_driver",
+        "_ended",
         "_out",
         "_out_count",
-        "_reader_scope",
-        "_wake",
         "acl_cache",
         "alias_max_out",
         "aliases_in",
@@ -74,20 +81,16 @@ class Connection:
         "remote",
         "remote_host",
         "session",
-        "stream",
         "username",
         "will",
     )
 
     def __init__(
-        self, broker: object, stream: ByteStream, listener: ListenerSettings, remote: str,
+        self, broker: Broker, driver: Driver, listener: ListenerSettings, remote: str,
         max_packet_size: int,
     ) -> None:
-        from .broker import Broker
-
-        assert isinstance(broker, Broker)
         self.broker = broker
-        self.stream = stream
+        self._driver = driver
         self.listener = listener
         self.remote = remote
         #: the peer's address without the port
@@ -117,9 +120,8 @@ class Connection:
         self.alias_max_out = 0
         self._out: list[bytes] = []
         self._out_count = 0
-        self._wake = anyio.Event()
         self._closing = False
-        self._reader_scope: anyio.CancelScope | None = None
+        self._ended = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id or '?'} from {self.remote}>"
@@ -131,8 +133,8 @@ class Connection:
 
     @property
     def backlog(self) -> int:
-        """Packets written and not yet handed to the socket."""
-        return self._out_count
+        """Packets written and not yet sent: buffered here or stuck in the socket."""
+        return self._out_count + self._driver.backlog
 
     @property
     def closing(self) -> bool:
@@ -145,7 +147,17 @@ class Connection:
         self._out.append(data)
         self._out_count += 1
         if self._out_count == 1:
-            self._wake.set()
+            self._driver.schedule_flush()
+
+    def take_output(self) -> tuple[bytes, int]:
+        """Everything written since the last call, as one buffer, and how many frames."""
+        out = self._out
+        count = self._out_count
+        if not count:
+            return b"", 0
+        self._out = []
+        self._out_count = 0
+        return (out[0] if count == 1 else b"".join(out)), count
 
     def send(self, packet: Packet) -> None:
         """Encode and queue a packet, through the packet hooks when plugins have them."""
@@ -170,11 +182,14 @@ class Connection:
         self.kill(ReasonCode.SESSION_TAKEN_OVER, "session taken over")
 
     def finish(self, reason: str) -> None:
-        """Stop reading after the current packet; what was written is still flushed."""
+        """Stop handling input; what was written is flushed, then the transport closes."""
+        if self._closing:
+            return
         if not self.close_reason:
             self.close_reason = reason
-        if self._reader_scope is not None:
-            self._reader_scope.cancel()
+        self._closing = True
+        self._end()
+        self._driver.schedule_flush()
 
     def kill(self, reason_code: int | None, reason: str) -> None:
         """Close from the broker's side, with a v5 DISCONNECT when one is allowed."""
@@ -184,77 +199,99 @@ class Connection:
             self.send(Disconnect(reason_code))
         self.finish(reason)
 
-    async def run(self) -> None:
-        """Serve the connection until it closes; never raises for the client's faults."""
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._write_loop)
-                try:
-                    with anyio.CancelScope() as scope:
-                        self._reader_scope = scope
-                        await self._read_loop()
-                except Exception:
-                    log.exception("client %s: internal error; closing its connection", self.name)
-                    self.close_reason = "internal error"
-                    self.kill(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
-                finally:
-                    try:
-                        self.broker.connection_lost(self)
-                    except Exception:
-                        log.exception("client %s: internal error while closing", self.name)
-                    self._closing = True
-                    self._wake.set()
-                    tg.cancel_scope.deadline = anyio.current_time() + CLOSE_FLUSH_TIMEOUT
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.stream.aclose()
-
-    async def _read_loop(self) -> None:
-        stream = self.stream
-        decoder = self.decoder
-        broker = self.broker
-        handlers = broker.handlers
-        while True:
-            try:
-                data = await stream.receive(RECEIVE_SIZE)
-            except _CLOSED:
-                if decoder.buffered and not self.close_reason:
-                    # a truncated packet is bad input like any other: one WARNING
-                    log.warning(
-                        "client %s: connection closed in the middle of a packet "
-                        "(%d bytes of it received)", self.name, decoder.buffered,
-                    )
-                self.close_reason = self.close_reason or (
-                    "connection closed in the middle of a packet"
-                    if decoder.buffered
-                    else "connection closed by the client"
+    def transport_lost(self, error: str = "") -> None:
+        """The driver's transport is gone (closed by the peer, reset, or closed by us)."""
+        if not self._closing:
+            if self.decoder.buffered:
+                # a truncated packet is bad input like any other: one WARNING
+                log.warning(
+                    "client %s: connection closed in the middle of a packet "
+                    "(%d bytes of it received)", self.name, self.decoder.buffered,
                 )
-                return
-            self.last_seen = time.monotonic()
-            decoder.feed(data)
-            hooks = broker.hooks
-            try:
-                while (packet := decoder.next_packet()) is not None:
-                    if hooks.on_packet_read is not None:
-                        try:
-                            packet = hooks.on_packet_read(self, packet)
-                        except DropPacket:
-                            continue
-                    if type(packet) is Connect:
-                        await broker.connect(self, packet)
-                        if not self.connected:
-                            return
-                    else:
-                        pending = handlers[type(packet)](self, packet)
-                        if pending is not None:
-                            await pending
-                    if hooks.on_packet_processed is not None:
-                        hooks.on_packet_processed(self, packet, None)
-                    if self._closing or self.close_reason:
-                        return
-            except RemoteProtocolError as exc:
-                self.protocol_error(exc)
-                return
+                self.close_reason = "connection closed in the middle of a packet"
+            else:
+                self.close_reason = self.close_reason or (
+                    f"connection lost: {error}" if error else "connection closed by the client"
+                )
+            self._closing = True
+        self._end()
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self.broker.connection_lost(self)
+        except Exception:
+            log.exception("client %s: internal error while closing", self.name)
+
+    # -- input -----------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> Coroutine[Any, Any, None] | None:
+        """Handle received bytes. Returns a coroutine when a handler must be awaited
+        (a plugin's ``async def`` hook); the driver awaits it before feeding more."""
+        if self._closing:
+            return None
+        self.last_seen = time.monotonic()
+        self.decoder.feed(data)
+        return self._process()
+
+    def _process(self) -> Coroutine[Any, Any, None] | None:
+        broker = self.broker
+        hooks = broker.hooks
+        handlers = broker.handlers
+        decoder = self.decoder
+        try:
+            while (packet := decoder.next_packet()) is not None:
+                if hooks.on_packet_read is not None:
+                    try:
+                        packet = hooks.on_packet_read(self, packet)
+                    except DropPacket:
+                        continue
+                if type(packet) is Connect:
+                    pending: Any = broker.connect(self, packet)
+                else:
+                    pending = handlers[type(packet)](self, packet)
+                if pending is not None:
+                    return self._resume(pending, packet)
+                self._processed(packet)
+                if self._closing:
+                    return None
+        except RemoteProtocolError as exc:
+            self.protocol_error(exc)
+        except Exception:
+            self._internal_error()
+        return None
+
+    async def _resume(self, pending: Coroutine[Any, Any, None], packet: Packet) -> None:
+        try:
+            await pending
+            self._processed(packet)
+        except RemoteProtocolError as exc:
+            self.protocol_error(exc)
+            return
+        except Exception:
+            self._internal_error()
+            return
+        if not self._closing:
+            more = self._process()
+            if more is not None:
+                await more
+
+    def _processed(self, packet: Packet) -> None:
+        if type(packet) is Connect and not self.connected:
+            self.finish(self.close_reason or "refused")
+            return
+        hooks = self.broker.hooks
+        if hooks.on_packet_processed is not None:
+            hooks.on_packet_processed(self, packet, None)
+
+    def _internal_error(self) -> None:
+        log.error(
+            "client %s: internal error; closing its connection", self.name,
+            exc_info=True,  # noqa: LOG014 - always called from an except block
+        )
+        self.kill(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
 
     def protocol_error(self, exc: RemoteProtocolError) -> None:
         """Answer a protocol violation as the specification says, then close."""
@@ -270,21 +307,4 @@ class Connection:
         elif self.decoder.protocol_level == PROTOCOL_5:
             self.protocol_level = PROTOCOL_5
             self.send(ConnAck(exc.reason_code))
-
-    async def _write_loop(self) -> None:
-        stream = self.stream
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            out = self._out
-            if out:
-                self._out = []
-                self._out_count = 0
-                try:
-                    await stream.send(out[0] if len(out) == 1 else b"".join(out))
-                except _CLOSED:
-                    self._closing = True
-                    self.finish("connection lost while writing")
-                    return
-            if self._closing and not self._out:
-                return
+        self.finish(self.close_reason)

@@ -154,10 +154,18 @@ def on_disconnect(client: Client, error: str | None, expire: bool) -> None:
 
 @_rule(PIPELINE, True)
 def on_auth_packet(client: Client, packet: Auth) -> Auth:
-    """A v5 AUTH packet arrived (enhanced authentication).
+    """A step of MQTT 5 enhanced authentication (section 4.12).
 
-    Pipeline over the packet: return the AUTH packet the broker should answer with.
-    May be ``async def``.
+    For a CONNECT with an Authentication Method the broker builds
+    ``Auth(0x18, {AUTHENTICATION_METHOD, AUTHENTICATION_DATA})`` from it; each AUTH
+    0x18 the client sends in reply, and an AUTH 0x19 (re-authentication after
+    CONNACK), is passed as it arrived. Pipeline: return the answer, an ``Auth`` with
+    reason 0x18 (a challenge, sent to the client; its reply comes back here) or 0x00
+    (success: CONNACK 0, or AUTH 0x00 for a re-authentication, carrying the answer's
+    data). Raise ``midge.Refuse(code)`` to fail: CONNACK with that code, or DISCONNECT
+    after CONNACK. Return None for a method you do not know; when nobody answers,
+    CONNACK 0x8C (or DISCONNECT 0x8C). The ``on_connect_authenticate`` vote still
+    decides after a successful exchange. May be ``async def``.
     """
 
 

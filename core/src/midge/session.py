@@ -45,6 +45,7 @@ class Session:
 
     __slots__ = (
         "_next_id",
+        "auth_method",
         "client_id",
         "dropped",
         "expired",
@@ -57,6 +58,7 @@ class Session:
         "online",
         "pending",
         "protocol_level",
+        "reauthenticating",
         "subscriptions",
     )
 
@@ -89,6 +91,11 @@ class Session:
         #: queued deliveries whose message expired before they could be sent, for the
         #: broker to collect (``sendable`` puts them here)
         self.expired: list[Outbound] = []
+        #: the v5 Authentication Method of the current connection (None: no enhanced
+        #: authentication), for re-authentication
+        self.auth_method: str | None = None
+        #: a re-authentication exchange is in progress (AUTH 0x18 expected)
+        self.reauthenticating = False
         self._next_id = 1
 
     def enqueue(self, out: Outbound) -> Enqueued:

@@ -10,7 +10,9 @@ get the same Connection driven by a reader task and a writer task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -94,16 +96,20 @@ class AsyncioDriver(asyncio.Protocol):
         self.paused_frames = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing it
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         remote = f"{peer[0]}:{peer[1]}" if peer else "?"
         broker = self.broker
         if len(broker.connections) >= broker.limits.max_connections:
             log.warning("refusing connection from %s: max_connections %d reached",
                         remote, broker.limits.max_connections)
             self._closed = True
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]
             return
         self.conn = Connection(broker, self, self.spec, remote, broker.limits.max_packet_size)
         broker.connection_opened(self.conn)
@@ -163,7 +169,13 @@ class AsyncioDriver(asyncio.Protocol):
                 self.paused_frames += frames
             transport.write(data)
         if conn.closing and self._abort_handle is None:
-            transport.close()
+            # half-close: our last words go out, then FIN; the client may still be sending
+            # (PUBRELs after a DISCONNECT, say), and closing outright would answer those
+            # with a reset that can destroy the DISCONNECT before the client reads it
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
             self._abort_handle = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
 
     @property
@@ -176,6 +188,7 @@ class AsyncioDriver(asyncio.Protocol):
 
 async def _bind_streams(broker: Broker, spec: ListenerSettings, tg: TaskGroup) -> Bound:
     multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port)
+    sockets: list[Any] = list(multi.listeners)
     addresses = []
     for listener in multi.listeners:
         address: Any = listener.extra(SocketAttribute.local_address)
@@ -184,8 +197,8 @@ async def _bind_streams(broker: Broker, spec: ListenerSettings, tg: TaskGroup) -
     async def accept_loop() -> None:
         while True:
             try:
-                stream = await multi.listeners[0].accept() if len(multi.listeners) == 1 \
-                    else await _accept_any(multi.listeners)
+                stream = await sockets[0].accept() if len(sockets) == 1 \
+                    else await _accept_any(sockets)
             except OSError as exc:
                 log.error("accept on %s failed: %s", spec.label, exc)
                 await anyio.sleep(0.1)
