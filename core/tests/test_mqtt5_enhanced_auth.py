@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import inspect
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -30,23 +29,12 @@ from midge.codec import (
     Subscribe,
     Subscription,
 )
-from midge.connection import Connection
 
 Factory = Callable[..., Any]
 SCRAM = "SCRAM-SHA-256"
 METHOD = Property.AUTHENTICATION_METHOD
 DATA = Property.AUTHENTICATION_DATA
 ITERATIONS = 4096
-
-#: a multi-step exchange needs the connection to stay open after a CONNECT that is not
-#: answered yet (Connection asks ``broker.authenticating(conn)``); until the connection
-#: layer does, those tests are expected to fail
-_KEEPS_OPEN = "authenticating" in inspect.getsource(Connection)
-needs_open_exchange = pytest.mark.xfail(
-    not _KEEPS_OPEN, strict=True,
-    reason="Connection does not yet keep a connection open during the AUTH exchange",
-)
-
 
 # -- SCRAM-SHA-256 ---------------------------------------------------------------------------
 
@@ -222,7 +210,6 @@ def secured(broker_factory: Factory, scram: ScramServer) -> Any:
 # -- the CONNECT exchange --------------------------------------------------------------------
 
 
-@needs_open_exchange
 def test_scram_challenge_response_connects(
     secured: Any, raw_factory: Factory, scram: ScramServer
 ) -> None:
@@ -241,7 +228,6 @@ def test_scram_challenge_response_connects(
     assert any(isinstance(p, Publish) and p.payload == b"hello" for p in received), received
 
 
-@needs_open_exchange
 def test_scram_wrong_password_gets_connack_0x86(secured: Any, raw_factory: Factory) -> None:
     raw = raw_factory(port=secured.port, level=5)
     connack = ScramClient(raw, "alice", "looking-glass").connect("scram-bad")
@@ -274,7 +260,6 @@ def test_no_plugin_for_enhanced_auth_gets_connack_0x8c(
     assert connack == ConnAck(ReasonCode.BAD_AUTHENTICATION_METHOD)
 
 
-@needs_open_exchange
 def test_the_vote_still_applies_after_a_successful_exchange(
     broker_factory: Factory, raw_factory: Factory, scram: ScramServer
 ) -> None:
@@ -290,7 +275,6 @@ def test_the_vote_still_applies_after_a_successful_exchange(
     assert isinstance(connack, ConnAck) and connack.reason_code == ReasonCode.NOT_AUTHORIZED
 
 
-@needs_open_exchange
 def test_other_packets_during_the_exchange_are_a_protocol_error(
     secured: Any, raw_factory: Factory
 ) -> None:
@@ -306,7 +290,6 @@ def test_other_packets_during_the_exchange_are_a_protocol_error(
 # -- re-authentication -----------------------------------------------------------------------
 
 
-@needs_open_exchange
 def test_scram_reauthentication(secured: Any, raw_factory: Factory,
                                 scram: ScramServer) -> None:
     raw = raw_factory(port=secured.port, level=5)
@@ -321,7 +304,6 @@ def test_scram_reauthentication(secured: Any, raw_factory: Factory,
     assert raw.recv() == PingResp()  # still connected
 
 
-@needs_open_exchange
 def test_scram_reauthentication_with_a_wrong_password_disconnects(
     secured: Any, raw_factory: Factory
 ) -> None:
@@ -335,7 +317,6 @@ def test_scram_reauthentication_with_a_wrong_password_disconnects(
     assert raw.closed()
 
 
-@needs_open_exchange
 def test_reauthentication_with_another_method_is_a_protocol_error(
     secured: Any, raw_factory: Factory
 ) -> None:

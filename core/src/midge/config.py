@@ -73,6 +73,12 @@ class BrokerSettings:
     sys_interval: int = _limit(
         10, 0, 86400, "seconds between $SYS updates and on_sys_info_tick (0: never)"
     )
+    refused_subscription_code: int = _limit(
+        0x87, 0x80, 0x87,
+        "compatibility: the v5 SUBACK code for a subscription the ACL refuses, 135 (0x87 "
+        "Not authorized, the default) or 128 (0x80 Unspecified error, which the Paho "
+        "interoperability suite insists on)",
+    )
     maximum_qos: int = _limit(
         2, 0, 2,
         "highest QoS accepted and granted (below 2: told to v5 clients; a PUBLISH above it: "
@@ -161,6 +167,11 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
     if not isinstance(plugins, dict) or not all(isinstance(t, dict) for t in plugins.values()):
         raise ConfigError(source, "plugins", "must hold one table per plugin ([plugins.NAME])")
     broker = _table(BrokerSettings, data.get("broker", {}), source, "broker")
+    if broker.refused_subscription_code not in (0x80, 0x87):
+        raise ConfigError(
+            source, "broker.refused_subscription_code",
+            f"{broker.refused_subscription_code} is not allowed; allowed: 135 or 128",
+        )
     raw_listeners = data.get("listeners", [])
     if not isinstance(raw_listeners, list) or not all(isinstance(x, dict) for x in raw_listeners):
         raise ConfigError(source, "listeners", "must be an array of tables ([[listeners]])")

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .codec import (
     PROTOCOL_5,
+    Auth,
     ConnAck,
     Connect,
     Decoder,
     Disconnect,
     Packet,
+    ProtocolViolation,
     ReasonCode,
     RemoteProtocolError,
     Role,
@@ -250,6 +252,8 @@ class Connection:
                         continue
                 if type(packet) is Connect:
                     pending: Any = broker.connect(self, packet)
+                elif not self.connected and type(packet) not in (Auth, Disconnect):
+                    raise ProtocolViolation(f"{type(packet).__name__} before CONNACK")
                 else:
                     pending = handlers[type(packet)](self, packet)
                 if pending is not None:
@@ -280,7 +284,8 @@ class Connection:
 
     def _processed(self, packet: Packet) -> None:
         if type(packet) is Connect and not self.connected:
-            self.finish(self.close_reason or "refused")
+            if not self.broker.authenticating(self):  # else an AUTH exchange goes on
+                self.finish(self.close_reason or "refused")
             return
         hooks = self.broker.hooks
         if hooks.on_packet_processed is not None:

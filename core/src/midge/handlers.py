@@ -595,7 +595,7 @@ class Handlers:
         session = conn.session
         assert session is not None
         v5 = conn.protocol_level == PROTOCOL_5
-        refused = ReasonCode.NOT_AUTHORIZED if v5 else SUBACK_FAILURE
+        refused = self.limits.refused_subscription_code if v5 else SUBACK_FAILURE
         limits = self.limits
         for sub in packet.subscriptions:
             self.check_topic(sub.topic_filter, ReasonCode.TOPIC_FILTER_INVALID)
