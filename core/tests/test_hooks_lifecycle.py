@@ -217,8 +217,6 @@ def test_on_client_expired_does_not_fire_for_a_session_that_ends_with_its_connec
     events.none("on_client_expired", wait=1.5)  # three sweeps
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: message expiry is not implemented, so "
-                   "on_retained_expired is never called")
 def test_on_retained_expired_fires_when_a_retained_message_expires(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:

@@ -440,9 +440,6 @@ def test_on_qos_dropped_when_the_client_refuses_with_pubrec(
     assert events.of("on_qos_complete") == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: on_packet_id_exhausted cannot fire: the inflight "
-                   "window is at most 65535, so a full window queues the message (Enqueued."
-                   "QUEUED) before packet ids run out")
 def test_on_packet_id_exhausted_when_every_packet_id_is_inflight(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:

@@ -8,6 +8,7 @@ costs one attribute test.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from typing import Any
@@ -64,6 +65,8 @@ class Broker(Handlers, InlineMixin):
         self.connections: set[Connection] = set()
         #: offline sessions with a finite expiry
         self.expiring: dict[str, Session] = {}
+        #: (deadline, tie-breaker, message) of retained messages that expire
+        self._retained_expiry: list[tuple[float, int, Message]] = []
         #: v5 wills waiting for their Will Delay Interval: client id -> (monotonic
         #: deadline, the closed connection, the will); published by ``sweep``
         self.pending_wills: dict[str, tuple[float, Connection, Will]] = {}
@@ -196,7 +199,16 @@ class Broker(Handlers, InlineMixin):
         return info
 
     def sweep(self, now: float) -> None:
-        """Close connections past their CONNECT timeout or keepalive; expire sessions."""
+        """Close connections past their CONNECT timeout or keepalive; expire sessions
+        and retained messages."""
+        expiry = self._retained_expiry
+        while expiry and expiry[0][0] <= now:
+            _, _, message = heapq.heappop(expiry)
+            if self.retained.get(message.topic) is message:
+                self.retained.discard(message.topic)
+                log.debug("retained message on %s expired", message.topic)
+                if self.hooks.on_retained_expired is not None:
+                    self.hooks.on_retained_expired(message.topic)
         connect_timeout = self.limits.connect_timeout
         for conn in list(self.connections):
             if not conn.connected:
@@ -368,6 +380,9 @@ class Broker(Handlers, InlineMixin):
         if message.retain:
             if message.payload:
                 self.retained.set(message.topic, message)
+                if message.expires_at is not None:
+                    heapq.heappush(self._retained_expiry,
+                                   (message.expires_at, id(message), message))
             else:
                 self.retained.discard(message.topic)
             if hooks.on_retain_message is not None:

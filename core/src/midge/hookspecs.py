@@ -202,7 +202,8 @@ def on_packet_processed(client: Client, packet: Packet, error: str | None) -> No
 
 @_rule(PIPELINE, False)
 def on_subscribe(client: Client, packet: Subscribe) -> Subscribe:
-    """A SUBSCRIBE arrived (after the ACL check). Pipeline: return the packet to apply."""
+    """A SUBSCRIBE arrived, before the ACL check of its filters. Pipeline: return the
+    packet to apply (the ACL then checks the filters it holds)."""
 
 
 @_rule(BROADCAST, True)
@@ -246,7 +247,7 @@ def on_published(client: Client, packet: Publish) -> None:
 
 
 @_rule(BROADCAST, True)
-def on_publish_dropped(client: Client, message: Message, reason: str) -> None:
+def on_publish_dropped(client: Client | None, message: Message, reason: str) -> None:
     """A delivery to ``client`` was dropped (queue full, too large for the client, ACL)."""
 
 

@@ -100,7 +100,8 @@ class Session:
 
     def enqueue(self, out: Outbound) -> Enqueued:
         """Take a QoS 1/2 delivery; SEND means ``out.packet_id`` is set and it must go now."""
-        exhausted = False
+        # with the window as large as the id space, a full window means no id is left
+        exhausted = self.online and len(self.inflight) >= 65535
         if self.online and not self.pending and len(self.inflight) < self.max_inflight:
             pid = self._allocate()
             if pid:
