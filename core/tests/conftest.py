@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from midge import Broker, BrokerSettings, ListenerSettings, Settings
 from midge.codec import Connect as ConnectPacket
-from midge.codec import Decoder, Packet, Role, encode
+from midge.codec import Decoder, Packet, Role, SubAck, Subscribe, Subscription, encode
 
 
 @dataclass
@@ -41,7 +41,7 @@ def broker_factory() -> Iterator[Callable[..., RunningBroker]]:
     running: list[tuple[Any, Any, Any]] = []
 
     def start(allow_anonymous: bool = True, plugins: list[tuple[str, Any]] | None = None,
-              **limits: Any) -> RunningBroker:
+              backend: str = "asyncio", **limits: Any) -> RunningBroker:
         settings = Settings(
             broker=BrokerSettings(**limits),
             listeners=(
@@ -49,7 +49,7 @@ def broker_factory() -> Iterator[Callable[..., RunningBroker]]:
             ),
         )
         broker = Broker(settings, plugins=plugins)
-        cm = anyio.from_thread.start_blocking_portal()
+        cm = anyio.from_thread.start_blocking_portal(backend)
         portal = cm.__enter__()
         future, _ = portal.start_task(broker.run)
         running.append((cm, portal, (broker, future)))
@@ -205,6 +205,12 @@ class RawClient:
         self.decoder.protocol_level = level
         self.send(ConnectPacket(client_id, level, **kwargs), level)
         return self.recv()
+
+    def subscribe(self, topic_filter: str, qos: int = 0, packet_id: int = 1) -> None:
+        """Subscribe to one filter; fails unless SUBACK grants exactly ``qos``."""
+        self.send(Subscribe(packet_id, [Subscription(topic_filter, qos)]))
+        suback = self.recv()
+        assert suback == SubAck(packet_id, [qos]), suback
 
     def recv(self, timeout: float = 3.0) -> Packet:
         """The next packet; AssertionError if the connection closes or nothing comes."""

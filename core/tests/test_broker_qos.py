@@ -22,9 +22,6 @@ from midge.codec import (
     Publish,
     PubRec,
     PubRel,
-    SubAck,
-    Subscribe,
-    Subscription,
 )
 
 Factory = Callable[..., Any]
@@ -38,10 +35,6 @@ def _connect(raw: Any, cid: str, level: int, clean: bool = True) -> ConnAck:
     return connack
 
 
-def _subscribe(raw: Any, topic_filter: str, qos: int) -> None:
-    raw.send(Subscribe(1, [Subscription(topic_filter, qos)]))
-    suback = raw.recv()
-    assert isinstance(suback, SubAck) and suback.reason_codes == [qos], suback
 
 
 def _recv_n(raw: Any, count: int) -> list[Packet]:
@@ -62,7 +55,7 @@ def test_qos_flows_complete_in_both_directions(
 ) -> None:
     sub = raw_factory(level=level)
     _connect(sub, "flow-sub", level)
-    _subscribe(sub, "flow/t", qos)
+    sub.subscribe("flow/t", qos)
     pub = raw_factory(level=level)
     _connect(pub, "flow-pub", level)
 
@@ -96,7 +89,7 @@ def test_qos_flows_complete_in_both_directions(
 def test_resent_qos2_publish_is_delivered_once(raw_factory: Factory) -> None:
     sub = raw_factory()
     _connect(sub, "once-sub", 4)
-    _subscribe(sub, "once/t", 2)
+    sub.subscribe("once/t", 2)
     pub = raw_factory()
     _connect(pub, "once-pub", 4)
     pub.send(Publish("once/t", b"only once", 2, packet_id=3))
@@ -133,7 +126,7 @@ def test_delivery_qos_is_min_of_published_and_granted(
 def test_inbound_and_outbound_packet_ids_are_separate(raw_factory: Factory, level: int) -> None:
     raw = raw_factory(level=level)
     _connect(raw, "ids", level)
-    _subscribe(raw, "ids/t", 1)
+    raw.subscribe("ids/t", 1)
     raw.send(Publish("ids/t", b"echo", 1, packet_id=1))
     packets = _recv_n(raw, 2)
     acks = [p for p in packets if isinstance(p, PubAck)]
@@ -153,7 +146,7 @@ def test_unacknowledged_qos1_is_redelivered_with_dup_on_reconnect(
 ) -> None:
     sub = raw_factory(level=level)
     _connect(sub, "forgetful", level, clean=False)
-    _subscribe(sub, "redo/t", 1)
+    sub.subscribe("redo/t", 1)
     pub = raw_factory(level=level)
     _connect(pub, "redo-pub", level)
     pub.send(Publish("redo/t", b"again", 1, packet_id=9))
@@ -181,7 +174,7 @@ def test_qos2_pubrel_is_resent_on_reconnect_after_pubrec(
 ) -> None:
     sub = raw_factory(level=level)
     _connect(sub, "half-done", level, clean=False)
-    _subscribe(sub, "rel/t", 2)
+    sub.subscribe("rel/t", 2)
     pub = raw_factory(level=level)
     _connect(pub, "rel-pub", level)
     pub.send(Publish("rel/t", b"twice?", 2, packet_id=4))
@@ -210,7 +203,7 @@ def test_deliveries_too_large_for_the_client_do_not_stall_the_queue(
              Property.MAXIMUM_PACKET_SIZE: 200}
     sub = raw_factory(level=5)
     assert sub.connect("picky", 5, clean_start=False, properties=props).reason_code == 0
-    _subscribe(sub, "big/#", 1)
+    sub.subscribe("big/#", 1)
     sub.send(Disconnect())
     assert sub.closed()
     _wait_gone(broker, "picky")

@@ -43,9 +43,6 @@ def _connect(raw_factory: Factory, port: int, cid: str, level: int = 4, **kwargs
     return raw
 
 
-def _subscribe(raw: Any, topic_filter: str, qos: int, packet_id: int = 1) -> None:
-    raw.send(Subscribe(packet_id, [Subscription(topic_filter, qos)]))
-    assert raw.recv() == SubAck(packet_id, [qos])
 
 
 # -- on_acl_check --------------------------------------------------------------------------
@@ -72,7 +69,7 @@ def test_on_acl_check_denial_blocks_a_publish(
     events = Events()
     running = broker_factory(plugins=[("acl", Acl(events))])
     watcher = _connect(raw_factory, running.port, "watcher")
-    _subscribe(watcher, "#", 1)
+    watcher.subscribe("#", 1)
     raw = _connect(raw_factory, running.port, "writer", level)
     raw.send(Publish("secret/x", b"no", 1, packet_id=1))
     assert raw.recv() == PubAck(1, code)  # v3 still gets its PUBACK
@@ -110,7 +107,7 @@ def test_on_acl_check_denial_blocks_delivery(
 
     running = broker_factory(plugins=[("acl", Acl(events)), ("d", Dropped())])
     reader = _connect(raw_factory, running.port, "reader")
-    _subscribe(reader, "hidden/#", qos)  # the filter is allowed, the topic is not
+    reader.subscribe("hidden/#", qos)  # the filter is allowed, the topic is not
     writer = _connect(raw_factory, running.port, "writer")
     writer.send(Publish("hidden/t", b"no", qos, packet_id=qos))
     writer.send(Publish("hidden/u", b"yes", qos, packet_id=2 * qos))
@@ -172,8 +169,8 @@ def test_on_unsubscribe_can_change_the_filters_and_on_unsubscribed_sees_them(
     events = Events()
     running = broker_factory(plugins=[("s", SubWatch(events))])
     raw = _connect(raw_factory, running.port, "unsub")
-    _subscribe(raw, "swap/a", 0, 1)
-    _subscribe(raw, "swap/b", 0, 2)
+    raw.subscribe("swap/a", 0, 1)
+    raw.subscribe("swap/b", 0, 2)
     raw.send(Unsubscribe(3, ["swap/a"]))
     assert raw.recv() == UnsubAck(3)
     [(cid, packet)] = events.wait("on_unsubscribe")
@@ -200,9 +197,9 @@ def test_on_select_subscribers_can_drop_a_recipient(
 
     running = broker_factory(plugins=[("sel", NotVictim())])
     victim = _connect(raw_factory, running.port, "victim")
-    _subscribe(victim, "news/#", 0)
+    victim.subscribe("news/#", 0)
     reader = _connect(raw_factory, running.port, "reader")
-    _subscribe(reader, "news/#", 0)
+    reader.subscribe("news/#", 0)
     writer = _connect(raw_factory, running.port, "writer")
     writer.send(Publish("news/1", b"hello", 0))
     delivered = reader.recv()
@@ -239,7 +236,7 @@ def test_on_publish_can_change_the_payload_and_on_published_sees_the_result(
     events = Events()
     running = broker_factory(plugins=[("c", Censor(events))])
     reader = _connect(raw_factory, running.port, "reader")
-    _subscribe(reader, "c/#", 1)
+    reader.subscribe("c/#", 1)
     writer = _connect(raw_factory, running.port, "writer")
     writer.send(Publish("c/t", b"shout", 1, packet_id=5))
     assert writer.recv() == PubAck(5)
@@ -258,7 +255,7 @@ def test_reject_publish_still_acknowledges_with_the_code(
     events = Events()
     running = broker_factory(plugins=[("c", Censor(events))])
     reader = _connect(raw_factory, running.port, "reader")
-    _subscribe(reader, "#", 1)
+    reader.subscribe("#", 1)
     writer = _connect(raw_factory, running.port, "writer", level)
     writer.send(Publish("banned/t", b"x", 1, packet_id=1))
     assert writer.recv() == PubAck(1, code)
@@ -285,7 +282,7 @@ def test_async_on_publish_is_awaited_before_puback(
 
     running = broker_factory(plugins=[("d", Durable())])
     reader = _connect(raw_factory, running.port, "reader")
-    _subscribe(reader, "a/#", 1)
+    reader.subscribe("a/#", 1)
     writer = _connect(raw_factory, running.port, "writer", 5)
     writer.send(Publish("a/t", b"msg", 1, packet_id=9))
     assert writer.recv() == PubAck(9)
@@ -308,7 +305,7 @@ def test_on_publish_dropped_when_a_session_queue_is_full(
 
     running = broker_factory(plugins=[("d", Dropped())], max_queued_messages=1)
     away = _connect(raw_factory, running.port, "away", clean_start=False)
-    _subscribe(away, "q/#", 1)
+    away.subscribe("q/#", 1)
     away.close()
     writer = _connect(raw_factory, running.port, "writer")
     deadline_packets = [Publish("q/t", f"m{i}".encode(), 1, packet_id=i + 1) for i in range(2)]
@@ -361,7 +358,7 @@ def test_on_retain_published_fires_when_a_subscriber_gets_a_retained_message(
     writer.send(Publish("r/t", b"kept", 1, True, packet_id=1))
     assert writer.recv() == PubAck(1)
     reader = _connect(raw_factory, running.port, "reader")
-    _subscribe(reader, "r/#", 1)
+    reader.subscribe("r/#", 1)
     delivered = reader.recv()
     assert isinstance(delivered, Publish) and delivered.retain
     assert events.wait("on_retain_published") == [("reader", "r/t")]
@@ -393,7 +390,7 @@ def test_qos_hooks_follow_a_qos1_delivery_and_its_resend(
     events = Events()
     running = broker_factory(plugins=[("q", QosWatch(events))])
     reader = _connect(raw_factory, running.port, "reader", clean_start=False)
-    _subscribe(reader, "q/#", 1)
+    reader.subscribe("q/#", 1)
     writer = _connect(raw_factory, running.port, "writer")
     writer.send(Publish("q/t", b"x", 1, packet_id=1))
     first = reader.recv()
@@ -412,7 +409,7 @@ def test_on_qos_complete_after_pubcomp(broker_factory: Factory, raw_factory: Fac
     events = Events()
     running = broker_factory(plugins=[("q", QosWatch(events))])
     reader = _connect(raw_factory, running.port, "reader")
-    _subscribe(reader, "q/#", 2)
+    reader.subscribe("q/#", 2)
     writer = _connect(raw_factory, running.port, "writer")
     writer.send(Publish("q/t", b"x", 2, packet_id=1))
     delivered = reader.recv()
@@ -430,7 +427,7 @@ def test_on_qos_dropped_when_the_client_refuses_with_pubrec(
     events = Events()
     running = broker_factory(plugins=[("q", QosWatch(events))])
     reader = _connect(raw_factory, running.port, "reader", 5)
-    _subscribe(reader, "q/#", 2)
+    reader.subscribe("q/#", 2)
     writer = _connect(raw_factory, running.port, "writer")
     writer.send(Publish("q/t", b"x", 2, packet_id=1))
     delivered = reader.recv()
@@ -453,7 +450,7 @@ def test_on_packet_id_exhausted_when_every_packet_id_is_inflight(
     running = broker_factory(plugins=[("e", Exhausted())], max_inflight_messages=0,
                              max_queued_messages=10)
     reader = _connect(raw_factory, running.port, "reader")
-    _subscribe(reader, "x/#", 1)
+    reader.subscribe("x/#", 1)
 
     def flood() -> None:
         for index in range(65536):

@@ -11,9 +11,6 @@ from midge.codec import (
     Disconnect,
     Property,
     Publish,
-    SubAck,
-    Subscribe,
-    Subscription,
 )
 
 Factory = Callable[..., Any]
@@ -29,10 +26,6 @@ def _v5(raw_factory: Factory, cid: str, port: int | None = None, **props: int) -
     return raw
 
 
-def _subscribe(raw: Any, topic_filter: str, qos: int = 1) -> None:
-    raw.send(Subscribe(1, [Subscription(topic_filter, qos)]))
-    suback = raw.recv()
-    assert isinstance(suback, SubAck) and suback.reason_codes == [qos]
 
 
 def _publishes(raw: Any, count: int) -> list[Publish]:
@@ -55,7 +48,7 @@ def test_connack_advertises_the_configured_maximum(
 
 def test_inbound_alias_is_set_used_and_remapped(raw_factory: Factory) -> None:
     sub = _v5(raw_factory, "in-sub")
-    _subscribe(sub, "in/#", 0)
+    sub.subscribe("in/#", 0)
     pub = _v5(raw_factory, "in-pub")
     pub.send(Publish("in/a", b"1", properties={ALIAS: 1}))
     pub.send(Publish("", b"2", properties={ALIAS: 1}))
@@ -113,7 +106,7 @@ def test_inbound_aliases_belong_to_one_connection(raw_factory: Factory) -> None:
 
 def test_outbound_aliases_up_to_the_clients_maximum(raw_factory: Factory) -> None:
     sub = _v5(raw_factory, "out-sub", TOPIC_ALIAS_MAXIMUM=2)
-    _subscribe(sub, "out/#", 1)
+    sub.subscribe("out/#", 1)
     pub = _v5(raw_factory, "out-pub")
     pub.send(Publish("out/a", b"1"))
     pub.send(Publish("out/a", b"2", 1, packet_id=1))
@@ -136,7 +129,7 @@ def test_outbound_aliases_are_per_connection_and_shared_frames_stay_plain(
     v3 = raw_factory(level=4)
     assert isinstance(v3.connect("al-v3", 4), ConnAck)
     for raw in (aliased, plain, v3):
-        _subscribe(raw, "fan/t", 0)
+        raw.subscribe("fan/t", 0)
     pub = _v5(raw_factory, "al-pub")
     for payload in (b"1", b"2"):
         pub.send(Publish("fan/t", payload))
@@ -149,7 +142,7 @@ def test_outbound_aliases_are_per_connection_and_shared_frames_stay_plain(
     aliased.send(Disconnect())
     aliased.packets_until_close()
     back = _v5(raw_factory, "al-yes", TOPIC_ALIAS_MAXIMUM=5)
-    _subscribe(back, "fan/t", 0)
+    back.subscribe("fan/t", 0)
     pub.send(Publish("fan/t", b"3"))
     packet = _publishes(back, 1)[0]
     assert (packet.topic, packet.properties.get(ALIAS)) == ("fan/t", 1)

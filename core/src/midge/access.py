@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .hookspecs import hookimpl
+from .message import Message
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -49,9 +51,6 @@ class SysPublisher:
 
     @hookimpl
     def on_sys_info_tick(self, broker: Broker, info: dict[str, Any]) -> None:
-        from . import __version__
-        from .message import Message
-
         info = {**info, "version": f"midge {__version__}"}
         for topic, key in SYS_TOPICS.items():
             if key in info:

@@ -73,18 +73,17 @@ class Broker(Handlers, InlineMixin):
         #: connections in the enhanced-authentication exchange of their CONNECT
         self.auth_exchanges: dict[Connection, PendingConnect] = {}
         self._service_scope: anyio.CancelScope | None = None
-        self._conns_tg: TaskGroup | None = None
         #: (host, port) actually bound, per listener, once running
         self.addresses: list[tuple[str, int]] = []
         self.max_inflight = self.limits.max_inflight_messages or 65535
         extra = list(plugins or [])
         self.hooks: Hooks = activate(
-            self.settings.plugins, internal=self._internal_plugins(extra), extra=extra
+            self.settings.plugins, internal=self._internal_plugins(), extra=extra
         )
         self.handlers = self.packet_handlers()
         InlineMixin.__init__(self)
 
-    def _internal_plugins(self, extra: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    def _internal_plugins(self) -> list[tuple[str, Any]]:
         internal: list[tuple[str, Any]] = [("midge.access", ListenerAccess())]
         if self.limits.sys_interval:
             internal.append(("midge.sys", SysPublisher()))
@@ -116,7 +115,6 @@ class Broker(Handlers, InlineMixin):
         try:
             await self._restore()
             async with anyio.create_task_group() as conns:
-                self._conns_tg = conns
                 async with anyio.create_task_group() as service:
                     self._service_scope = service.cancel_scope
                     await self._bind(conns, bound)

@@ -244,10 +244,3 @@ def _table(cls: Any, raw: Any, source: str, where: str) -> Any:
         values[key] = value
     return cls(**values)
 
-
-def reference() -> list[tuple[str, str, Any, str]]:
-    """(table, key, default, description) of every broker setting, for documentation."""
-    return [
-        ("broker", f.name, f.default, f.metadata.get("doc", ""))
-        for f in fields(BrokerSettings)
-    ]

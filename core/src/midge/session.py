@@ -47,7 +47,6 @@ class Session:
         "_next_id",
         "auth_method",
         "client_id",
-        "dropped",
         "expired",
         "expires_at",
         "expiry_interval",
@@ -86,8 +85,6 @@ class Session:
         #: monotonic deadline while offline (None: online or never expires)
         self.expires_at: float | None = None
         self.online = False
-        #: deliveries dropped because the queue was full
-        self.dropped = 0
         #: queued deliveries whose message expired before they could be sent, for the
         #: broker to collect (``sendable`` puts them here)
         self.expired: list[Outbound] = []
@@ -110,7 +107,6 @@ class Session:
                 return Enqueued.SEND
             exhausted = True
         if len(self.pending) >= self.max_queued:
-            self.dropped += 1
             return Enqueued.DROPPED
         self.pending.append(out)
         return Enqueued.NO_PACKET_ID if exhausted else Enqueued.QUEUED

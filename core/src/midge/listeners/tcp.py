@@ -188,47 +188,34 @@ class AsyncioDriver(asyncio.Protocol):
 
 async def _bind_streams(broker: Broker, spec: ListenerSettings, tg: TaskGroup) -> Bound:
     multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port)
-    sockets: list[Any] = list(multi.listeners)
     addresses = []
     for listener in multi.listeners:
         address: Any = listener.extra(SocketAttribute.local_address)
         addresses.append((str(address[0]), int(address[1])))
-
-    async def accept_loop() -> None:
-        while True:
-            try:
-                stream = await sockets[0].accept() if len(sockets) == 1 \
-                    else await _accept_any(sockets)
-            except OSError as exc:
-                log.error("accept on %s failed: %s", spec.label, exc)
-                await anyio.sleep(0.1)
-                continue
-            tg.start_soon(StreamDriver(broker, spec, stream).run)
-
     scope = anyio.CancelScope()
 
-    async def guarded() -> None:
+    async def accept_loop(listener: Any) -> None:
         with scope:
-            await accept_loop()
+            while True:
+                try:
+                    stream = await listener.accept()
+                except anyio.ClosedResourceError:
+                    return  # the listener was closed: shutting down
+                except OSError as exc:
+                    log.error("accept on %s failed: %s", spec.label, exc)
+                    await anyio.sleep(0.1)
+                    continue
+                tg.start_soon(StreamDriver(broker, spec, stream).run)
 
-    tg.start_soon(guarded)
+    # one loop per socket (an IPv4 and an IPv6 one for "localhost", say)
+    for listener in multi.listeners:
+        tg.start_soon(accept_loop, listener)
 
     async def close() -> None:
         scope.cancel()
         await multi.aclose()
 
     return Bound(addresses, close)
-
-
-async def _accept_any(listeners: list[Any]) -> Any:
-    result: list[Any] = []
-    async with anyio.create_task_group() as tg:
-        for listener in listeners:
-            async def one(listener: Any = listener) -> None:
-                result.append(await listener.accept())
-                tg.cancel_scope.cancel()
-            tg.start_soon(one)
-    return result[0]
 
 
 class StreamDriver:
@@ -292,8 +279,8 @@ class StreamDriver:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
-            data, _ = conn.take_output()
-            if data:
+            # what was written while a send was under way goes out before any close
+            while (data := conn.take_output()[0]):
                 try:
                     await self.stream.send(data)
                 except _CLOSED:
