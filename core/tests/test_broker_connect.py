@@ -55,12 +55,14 @@ def test_v3_connack_return_codes(
     ("anonymous", "connect", "code"),
     [
         (True, Connect("ok", 5), 0x00),
-        (True, Connect("", 5, clean_start=False), 0x85),
+        # MQTT 5 assigns an id to an empty one whatever Clean Start says [MQTT-3.1.3-6]
+        (True, Connect("", 5, clean_start=False), 0x00),
         (False, Connect("who", 5, username="nobody", password=b"x"), 0x86),
         (False, Connect("anon", 5), 0x87),
         (True, Connect("sasl", 5, properties={Property.AUTHENTICATION_METHOD: "SCRAM"}), 0x8C),
     ],
-    ids=["success", "client-id-not-valid", "bad-credentials", "not-authorized", "auth-method"],
+    ids=["success", "empty-id-without-clean-start", "bad-credentials", "not-authorized",
+         "auth-method"],
 )
 def test_v5_connack_reason_codes(
     broker_factory: Factory, raw_factory: Factory, anonymous: bool, connect: Connect, code: int
@@ -83,7 +85,7 @@ def test_empty_client_id_with_clean_session_gets_generated_id(
     second = raw_factory(level=level)
     acks = [first.connect("", level), second.connect("", level)]
     assert all(isinstance(ack, ConnAck) and ack.reason_code == 0 for ack in acks)
-    ids = broker.call(lambda: sorted(broker.broker.clients))
+    ids = broker.call(lambda: sorted(broker.broker.engine.clients))
     assert len(ids) == 2 and all(ids), ids
     if level == 5:
         assigned = [ack.properties.get(Property.ASSIGNED_CLIENT_IDENTIFIER) for ack in acks]
@@ -96,7 +98,7 @@ def test_empty_client_id_with_clean_session_gets_generated_id(
         assert isinstance(raw.recv(), PingResp)
 
 
-@pytest.mark.parametrize(("level", "code"), [(4, 0x02), (5, 0x85)])
+@pytest.mark.parametrize(("level", "code"), [(3, 0x02), (4, 0x02)])
 def test_empty_client_id_without_clean_session_is_refused(
     raw_factory: Factory, level: int, code: int
 ) -> None:
@@ -105,6 +107,16 @@ def test_empty_client_id_without_clean_session_is_refused(
     assert isinstance(connack, ConnAck)
     assert connack.reason_code == code
     assert raw.closed()
+
+
+def test_v5_empty_client_id_without_clean_start_is_assigned_one(raw_factory: Factory) -> None:
+    # unlike 3.1.1, MQTT 5 has the server assign an id whatever Clean Start says
+    # [MQTT-3.1.3-6] [MQTT-3.1.3-7]
+    raw = raw_factory(level=5)
+    connack = raw.connect("", 5, clean_start=False)
+    assert isinstance(connack, ConnAck)
+    assert connack.reason_code == 0
+    assert connack.properties[Property.ASSIGNED_CLIENT_IDENTIFIER].startswith("midge")
 
 
 def test_mqtt31_mqisdp_client_can_publish_and_subscribe(raw_factory: Factory) -> None:
@@ -183,7 +195,7 @@ def test_session_takeover_closes_the_old_connection(
     # the new connection owns the client id and keeps working
     new.send(PingReq())
     assert isinstance(new.recv(), PingResp)
-    assert broker.call(lambda: len(broker.broker.clients)) == 1
+    assert broker.call(lambda: len(broker.broker.engine.clients)) == 1
 
 
 @pytest.mark.parametrize("level", [4, 5])

@@ -101,7 +101,7 @@ def test_disconnect_closes_the_connection(
     assert isinstance(connack, ConnAck) and connack.reason_code == 0
     raw.send(Disconnect())
     assert raw.packets_until_close() == []
-    assert broker.call(lambda: "leaver" in broker.broker.clients) is False
+    assert broker.call(lambda: "leaver" in broker.broker.engine.clients) is False
 
 
 def test_slow_consumer_does_not_block_the_publisher_or_a_fast_subscriber(
@@ -151,7 +151,7 @@ def test_slow_consumer_does_not_block_the_publisher_or_a_fast_subscriber(
     assert received == list(range(count))
     # the slow subscriber really was stalled: the broker shed its backlog
     assert broker.call(lambda: broker.broker.stats.messages_dropped) > 0
-    assert broker.call(lambda: "slow" in broker.broker.clients)
+    assert broker.call(lambda: "slow" in broker.broker.engine.clients)
 
 
 def test_one_message_fans_out_intact_to_20_subscribers(client_factory: Factory) -> None:

@@ -27,7 +27,7 @@ def _sub(broker: Any, version: str, cid: str, topic: str, qos: int = 0,
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def subscribed() -> bool:
-        session = broker.broker.sessions.get(cid)
+        session = broker.broker.engine.sessions.get(cid)
         return session is not None and topic in session.subscriptions
 
     deadline = time.monotonic() + 5

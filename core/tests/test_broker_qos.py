@@ -43,7 +43,7 @@ def _recv_n(raw: Any, count: int) -> list[Packet]:
 
 def _wait_gone(running: Any, cid: str) -> None:
     deadline = time.monotonic() + 5
-    while running.call(lambda: cid in running.broker.clients):
+    while running.call(lambda: cid in running.broker.engine.clients):
         assert time.monotonic() < deadline, f"{cid} still connected"
         time.sleep(0.02)
 

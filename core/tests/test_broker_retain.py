@@ -48,7 +48,7 @@ def test_empty_retained_payload_clears_the_retained_message(
     pub = client_factory(protocol=protocol)
     pub.publish("ret/c", b"soon gone", 1, retain=True)
     pub.publish("ret/c", b"", 1, retain=True)
-    assert broker.call(lambda: "ret/c" in broker.broker.retained) is False
+    assert broker.call(lambda: "ret/c" in broker.broker.engine.router.retained) is False
     late = client_factory(protocol=protocol)
     late.subscribe("ret/#", 1)
     late.expect_none()
@@ -89,7 +89,7 @@ def test_retained_message_is_delivered_at_min_of_its_qos_and_granted_qos(
     client_factory().publish(topic, b"q", published, retain=True)
     # a QoS 0 PUBLISH is not acknowledged: wait until the broker has stored it
     deadline = time.monotonic() + 3
-    while not broker.call(lambda: topic in broker.broker.retained):
+    while not broker.call(lambda: topic in broker.broker.engine.router.retained):
         assert time.monotonic() < deadline, "the retained message was not stored"
         time.sleep(0.02)
     late = client_factory(protocol=paho.MQTTv5)
@@ -115,7 +115,7 @@ def test_retained_messages_match_filters_like_live_messages(
 ) -> None:
     for topic in ("w", "w/x", "w/x/y", "$SYS/w"):
         # clients may not publish to $-topics, so the broker routes these itself
-        broker.call(broker.broker.route, Message(topic, b"r", 0, retain=True))
+        broker.call(broker.broker.engine.route, Message(topic, b"r", 0, retain=True))
     late = client_factory()
     late.subscribe(topic_filter, 0)
     late.subscribe("marker/end", 0)

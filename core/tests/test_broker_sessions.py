@@ -40,7 +40,7 @@ def _leave(running: Any, client: Any, cid: str) -> None:
     """Disconnect normally and wait until the broker has seen the client ``cid`` go."""
     client.close()
     deadline = time.monotonic() + 5
-    while running.call(lambda: cid in running.broker.clients):
+    while running.call(lambda: cid in running.broker.engine.clients):
         assert time.monotonic() < deadline, f"{cid} still connected"
         time.sleep(0.02)
 
@@ -123,7 +123,7 @@ def test_v5_session_expiry_zero_ends_the_session_at_disconnect(
     sub, _ = _join(client_factory, "brief", paho.MQTTv5, clean=False, expiry=None)
     sub.subscribe("brief/t", 1)
     _leave(broker, sub, "brief")
-    assert broker.call(lambda: "brief" in broker.broker.sessions) is False
+    assert broker.call(lambda: "brief" in broker.broker.engine.sessions) is False
     client_factory().publish("brief/t", b"nobody home", 1)
     again, present = _join(client_factory, "brief", paho.MQTTv5, clean=False, expiry=None)
     assert not present
@@ -134,9 +134,9 @@ def test_v5_session_expires_after_its_interval(broker: Any, client_factory: Fact
     sub, _ = _join(client_factory, "mayfly", paho.MQTTv5, clean=False, expiry=1)
     sub.subscribe("mayfly/t", 1)
     _leave(broker, sub, "mayfly")
-    assert broker.call(lambda: "mayfly" in broker.broker.sessions)
+    assert broker.call(lambda: "mayfly" in broker.broker.engine.sessions)
     deadline = time.monotonic() + 5
-    while broker.call(lambda: "mayfly" in broker.broker.sessions):
+    while broker.call(lambda: "mayfly" in broker.broker.engine.sessions):
         assert time.monotonic() < deadline, "the session did not expire"
         time.sleep(0.1)
     _again, present = _join(client_factory, "mayfly", paho.MQTTv5, clean=False)

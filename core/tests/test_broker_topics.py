@@ -63,8 +63,8 @@ def test_dollar_topics_are_not_matched_by_leading_wildcards(
     system = client_factory()
     system.subscribe("$SYS/#", 0)
     # clients may not publish to $-topics, so the broker itself routes this one
-    broker.call(broker.broker.route, Message("$SYS/x", b"internal", 0))
-    broker.call(broker.broker.route, Message("n/x", b"normal", 0))
+    broker.call(broker.broker.engine.route, Message("$SYS/x", b"internal", 0))
+    broker.call(broker.broker.engine.route, Message("n/x", b"normal", 0))
     assert system.expect().topic == "$SYS/x"
     assert everything.expect().topic == "n/x", "'#' matched a $-topic"
     assert plus.expect().topic == "n/x", "'+/x' matched a $-topic"

@@ -32,7 +32,7 @@ def _dying(raw_factory: Factory, cid: str, level: int = 4, keepalive: int = 60,
 
 def _wait_gone(running: Any, cid: str, timeout: float = 5) -> None:
     deadline = time.monotonic() + timeout
-    while running.call(lambda: cid in running.broker.clients):
+    while running.call(lambda: cid in running.broker.engine.clients):
         assert time.monotonic() < deadline, f"{cid} still connected"
         time.sleep(0.02)
 
@@ -108,4 +108,4 @@ def test_will_retain_flag_is_honoured(
         assert (message.payload, message.retain) == (b"heir died", True)
     else:
         late.expect_none()
-        assert broker.call(lambda: "wret/t" in broker.broker.retained) is False
+        assert broker.call(lambda: "wret/t" in broker.broker.engine.router.retained) is False

@@ -1,4 +1,4 @@
-"""The hook registry is complete: every hook in ``midge.hookspecs.RULES`` has a docstring,
+"""The hook registry is complete: every hook in ``midge.hooks.specs.RULES`` has a docstring,
 a ``## name`` section in docs/hooks.md whose signature line matches the hookspec, and a
 test in core/tests/test_hooks_*.py that names it."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from midge import hookspecs
-from midge.hookspecs import RULES
+from midge.hooks import specs as hookspecs
+from midge.hooks.specs import RULES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "hooks.md"

@@ -27,7 +27,7 @@ class Lifecycle:
 
     @hookimpl
     def on_stopped(self, broker: Broker) -> None:
-        self.events.add("on_stopped", broker, len(broker.connections))
+        self.events.add("on_stopped", broker, len(broker.engine.connections))
 
     @hookimpl
     def on_reload(self, broker: Broker) -> None:
@@ -193,7 +193,7 @@ def test_on_client_expired_fires_when_an_offline_session_expires(
                 properties={Property.SESSION_EXPIRY_INTERVAL: 1})
     raw.close()
     assert events.wait("on_client_expired") == [("short",)]
-    assert not running.call(lambda: "short" in running.broker.sessions)
+    assert not running.call(lambda: "short" in running.broker.engine.sessions)
 
 
 def test_on_client_expired_does_not_fire_for_a_session_that_ends_with_its_connection(
@@ -305,7 +305,7 @@ def test_stored_hooks_restore_sessions_subscriptions_queues_and_retained_message
         "stored_clients", "stored_subscriptions", "stored_inflight_messages",
         "stored_retained_messages", "stored_sys_info",
     ]
-    assert running.call(lambda: "nobody" in running.broker.sessions) is False
+    assert running.call(lambda: "nobody" in running.broker.engine.sessions) is False
     _restored_session_works(running, raw_factory)
 
 

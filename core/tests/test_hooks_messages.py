@@ -454,7 +454,7 @@ def test_on_packet_id_exhausted_when_every_packet_id_is_inflight(
 
     def flood() -> None:
         for index in range(65536):
-            running.broker.route(Message("x/t", str(index).encode(), 1))
+            running.broker.engine.route(Message("x/t", str(index).encode(), 1))
 
     running.call(flood)  # the reader never acknowledges
     assert events.wait("on_packet_id_exhausted") == [("reader", b"65535")]

@@ -279,7 +279,8 @@ class Store:
 
 def _retained_topics(broker_factory: Factory, raw_factory: Factory, *stores: Store) -> list[str]:
     running = broker_factory(plugins=[(store.name, store) for store in stores])
-    return sorted(running.call(lambda: [m.topic for m in running.broker.retained.match("#")]))
+    retained = running.broker.engine.router.retained
+    return sorted(running.call(lambda: [m.topic for m in retained.match("#")]))
 
 
 def test_first_non_empty_result_wins_in_configuration_order(

@@ -146,7 +146,7 @@ async def test_a_fan_out_encodes_each_wire_form_once() -> None:
     async with Broker(settings()) as broker:
         readers = [await Raw.connect(broker, f"r{n}", "fan/#") for n in range(20)]
         message = Message("fan/t", b"x" * 100)
-        assert broker.route(message) == 20
+        assert broker.engine.route(message) == 20
         for reader in readers:
             got = await reader.recv()
             assert isinstance(got, Publish) and got.payload == b"x" * 100

@@ -142,5 +142,5 @@ def test_expired_retained_message_is_removed(
     sub.subscribe("exp/#", 1)
     assert sub.expect().payload == b"long"
     sub.expect_none()
-    assert "exp/gone" not in broker.retained
+    assert "exp/gone" not in broker.engine.router.retained
     assert watcher.topics == ["exp/gone"]

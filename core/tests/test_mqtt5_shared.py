@@ -129,7 +129,7 @@ def test_unsubscribe_leaves_the_group(raw_factory: Factory, broker: Any) -> None
     assert _drain(leaves, 0.1) == []
     stays.send(Unsubscribe(3, ["$share/g/un/t"]))
     stays.recv()
-    assert broker.call(lambda: broker.broker.trie.shared_count) == 0
+    assert broker.call(lambda: broker.broker.engine.router.subscriptions.trie.shared_count) == 0
 
 
 def test_offline_member_is_not_chosen_while_one_is_connected(raw_factory: Factory) -> None:

@@ -83,7 +83,7 @@ def test_reconnect_in_time_cancels_the_will(
                             properties={Property.SESSION_EXPIRY_INTERVAL: 60})
     assert isinstance(connack, ConnAck) and connack.session_present
     watcher.expect_none(1.8)
-    assert broker.call(lambda: dict(broker.broker.pending_wills)) == {}
+    assert broker.call(lambda: dict(broker.broker.engine.registry.pending_wills)) == {}
 
 
 def test_reconnect_with_clean_start_sends_the_will_now(

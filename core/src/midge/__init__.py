@@ -2,8 +2,8 @@
 
 The rule: everything a user or plugin author may rely on is re-exported here and listed
 in ``__all__``; anything else is internal and may change. Names are resolved lazily
-(PEP 562) so that importing the sans-I/O parts (``midge.codec``, ``midge.topics``,
-``midge.session``) does not load the network layer.
+(PEP 562) so that importing the sans-I/O parts (``midge.codec``, the model, or
+``midge.engine``) does not load the network layer.
 """
 
 from __future__ import annotations
@@ -11,20 +11,21 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _EXPORTS = {
     "Broker": "midge.broker",
-    "Client": "midge.connection",
+    "BrokerHandle": "midge.api",
+    "Client": "midge.api",
     "DropPacket": "midge.errors",
     "InlineSubscription": "midge.inline",
     "PluginConfigError": "midge.errors",
-    "PluginError": "midge.plugins",
+    "PluginError": "midge.hooks",
     "RejectPublish": "midge.errors",
     "Refuse": "midge.errors",
     "Route": "midge.topics",
-    "hookimpl": "midge.hookspecs",
-    "hookspec": "midge.hookspecs",
+    "hookimpl": "midge.hooks",
+    "hookspec": "midge.hooks",
     "BrokerSettings": "midge.config",
     "ConfigError": "midge.config",
     "ListenerSettings": "midge.config",
@@ -36,6 +37,7 @@ _EXPORTS = {
 
 __all__ = [
     "Broker",
+    "BrokerHandle",
     "Client",
     "DropPacket",
     "InlineSubscription",
@@ -59,15 +61,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from . import codec
+    from .api import BrokerHandle, Client
     from .broker import Broker
     from .codec import ReasonCode
     from .config import BrokerSettings, ConfigError, ListenerSettings, Settings
-    from .connection import Connection as Client
     from .errors import DropPacket, PluginConfigError, Refuse, RejectPublish
-    from .hookspecs import hookimpl, hookspec
+    from .hooks import PluginError, hookimpl, hookspec
     from .inline import InlineSubscription
     from .message import Message
-    from .plugins import PluginError
     from .stats import Stats
     from .topics import Route
 
@@ -78,6 +79,6 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'midge' has no attribute {name!r}")
-    value = getattr(import_module(module), "Connection" if name == "Client" else name)
+    value = getattr(import_module(module), name)
     globals()[name] = value
     return value

@@ -19,10 +19,10 @@ from typing import Any
 
 import anyio
 
-from . import __version__
+from ._version import __version__
 from .broker import Broker
 from .config import ConfigError, Settings, load
-from .plugins import PluginError
+from .hooks import PluginError
 
 log = logging.getLogger("midge")
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import ConfigError, load
-from .plugins import PluginError, discover
+from .hooks import PluginError, discover
 
 
 def list_plugins(argv: Sequence[str]) -> int:

@@ -96,6 +96,11 @@ class BrokerSettings:
     shared_subscriptions: bool = field(default=True, metadata={
         "doc": "$share/{group}/{filter} subscriptions are accepted (false: told to v5 clients; "
                "using one: DISCONNECT 0x9E, v3: SUBACK failure)"})
+    shutdown_timeout: int = _limit(
+        5, 0, 3600,
+        "seconds each shutdown step may take: connections closing, deferred async hook "
+        "calls draining, on_stopped",
+    )
     response_information: str = field(default="", metadata={
         "doc": "Response Information for v5 clients that request it (\"\": none)"})
 

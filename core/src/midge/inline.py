@@ -2,8 +2,8 @@
 
 The rule: inline publishes bypass ACL (they are the operator's own) and may use
 ``$``-topics; what they deliver to clients is still checked against the recipients'
-ACL. Inline subscribers never slow routing: each has a bounded buffer, and a message
-that does not fit is dropped and counted.
+ACL. Inline subscribers are sinks of the engine's router and never slow routing: each
+has a bounded buffer, and a message that does not fit is dropped and counted.
 """
 
 from __future__ import annotations
@@ -13,21 +13,18 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .codec import Connect, Packet, Properties, Subscription, check_topic_filter, check_topic_name
+from .codec import PROTOCOL_5, Packet, Properties, check_topic_filter, check_topic_name
+from .listeners import settle
 from .message import Message
-from .topics import SubscriptionTrie
 
 if TYPE_CHECKING:
-    from .broker import Broker
-    from .connection import Connection
-    from .plugins import Hooks
-    from .stats import Stats
-    from .topics import RetainedIndex
+    from .api import Client
+    from .engine import Engine
 
 log = logging.getLogger("midge.inline")
 
@@ -40,9 +37,9 @@ class InlineSubscription:
     ``async with broker.subscribe("a/#") as messages: async for m in messages: ...``
     """
 
-    def __init__(self, broker: Broker, key: str, topic_filter: str, qos: int,
+    def __init__(self, inline: Inline, key: str, topic_filter: str, qos: int,
                  callback: Callback | None, buffer: int) -> None:
-        self.broker = broker
+        self._inline = inline
         self.key = key
         self.topic_filter = topic_filter
         self.qos = qos
@@ -62,19 +59,19 @@ class InlineSubscription:
                 log.exception("inline callback for %s failed", self.topic_filter)
                 return
             if inspect.isawaitable(result):
-                self.broker.hooks.defer_awaitable("inline callback", result)
+                self._inline.engine.hooks.defer("inline", "inline callback", result)
             return
         assert self._send is not None
         try:
             self._send.send_nowait(message)
         except anyio.WouldBlock:
             self.dropped += 1
-            self.broker.stats.messages_dropped += 1
+            self._inline.engine.stats.messages_dropped += 1
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
 
     def close(self) -> None:
-        self.broker.remove_inline(self)
+        self._inline.remove(self)
         if self._send is not None:
             self._send.close()
 
@@ -99,83 +96,63 @@ class InlineSubscription:
         return await self._receive.receive()
 
 
-class InlineMixin:
-    """Inline publishing and subscribing for ``Broker`` (a mixin; ``self`` is the broker)."""
+class Inline:
+    """Inline publishing, subscribing and packet injection over an engine."""
 
-    if TYPE_CHECKING:
-        retained: RetainedIndex[Message]
-        clients: dict[str, Connection]
-        handlers: dict[type[Any], Any]
-        hooks: Hooks
-        stats: Stats
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        #: inline subscriptions by key
+        self.subscriptions: dict[str, InlineSubscription] = {}
+        self._ids = itertools.count(1)
 
-        def route(self, message: Message, publisher: Connection | None = None) -> int: ...
-
-    def __init__(self) -> None:
-        self.inline_subscribers: dict[str, InlineSubscription] = {}
-        self._inline_trie = SubscriptionTrie()
-        self._inline_ids = itertools.count(1)
-
-    async def publish(self, topic: str, payload: bytes | str = b"", qos: int = 0,
-                      retain: bool = False, properties: Properties | None = None) -> int:
+    def publish(self, topic: str, payload: bytes | str = b"", qos: int = 0,
+                retain: bool = False, properties: Properties | None = None) -> int:
         """Publish as the broker itself; returns the number of recipients."""
         check_topic_name(topic)
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
-        return self.route(Message(topic, data, qos, retain, properties))
+        engine = self.engine
+        message = Message(topic, data, qos, retain, properties, "", engine.clock())
+        delivered = engine.route(message)
+        hooks = engine.hooks
+        if hooks.on_published is not None:
+            hooks.on_published(None, message.publish(PROTOCOL_5, qos, retain))
+        return delivered
+
+    def deliver(self, message: Message, node: str) -> int:
+        """Deliver a message published on another node to local subscribers only."""
+        message.node = node
+        return self.engine.route(message)
 
     def subscribe(self, topic_filter: str, qos: int = 2, *,
                   callback: Callback | None = None, buffer: int = 1000) -> InlineSubscription:
-        """Receive messages matching ``topic_filter`` (retained ones first).
-
-        Use as an async context manager and iterate it, or give ``callback`` (a function
-        or coroutine function called with each Message) and keep the result to
-        ``unsubscribe`` later.
-        """
         check_topic_filter(topic_filter)
-        key = f"inline:{next(self._inline_ids)}"
-        sub = InlineSubscription(
-            self, key, topic_filter, qos, callback, buffer  # type: ignore[arg-type]
-        )
-        self.inline_subscribers[key] = sub
-        self._inline_trie.add(key, Subscription(topic_filter, qos))
-        for message in self.retained.match(topic_filter):
+        key = f"inline:{next(self._ids)}"
+        sub = InlineSubscription(self, key, topic_filter, qos, callback, buffer)
+        self.subscriptions[key] = sub
+        router = self.engine.router
+        router.add_sink(key, topic_filter, sub.put)
+        for message in router.retained.match(topic_filter):
             sub.put(message)
         return sub
 
-    async def unsubscribe(self, target: InlineSubscription | str) -> int:
-        """Remove an inline subscription, or every one with the given topic filter."""
+    def unsubscribe(self, target: InlineSubscription | str) -> int:
         subs = [target] if isinstance(target, InlineSubscription) else [
-            sub for sub in self.inline_subscribers.values() if sub.topic_filter == target
+            sub for sub in self.subscriptions.values() if sub.topic_filter == target
         ]
         for sub in subs:
             sub.close()
         return len(subs)
 
-    def remove_inline(self, sub: InlineSubscription) -> None:
-        if self.inline_subscribers.pop(sub.key, None) is not None:
-            self._inline_trie.remove(sub.key, sub.topic_filter)
+    def remove(self, sub: InlineSubscription) -> None:
+        if self.subscriptions.pop(sub.key, None) is not None:
+            self.engine.router.remove_sink(sub.key, sub.topic_filter)
 
-    def deliver_inline(self, message: Message) -> int:
-        count = 0
-        for route in self._inline_trie.match(message.topic):
-            sub = self.inline_subscribers.get(route.client_id)
-            if sub is not None:
-                sub.put(message)
-                count += 1
-        return count
-
-    async def inject_packet(self, client: Connection | str, packet: Packet) -> None:
+    async def inject_packet(self, client: Client | str, packet: Packet) -> None:
         """Handle ``packet`` as if the connected ``client`` (or client id) had sent it."""
-        conn = self.clients.get(client) if isinstance(client, str) else client
-        if conn is None or not conn.connected:
-            raise LookupError(f"no connected client {client!r}")
-        if isinstance(packet, Connect):
-            raise ValueError("a CONNECT cannot be injected into a connected client")
-        handler: Any = self.handlers.get(type(packet))
-        if handler is None:
-            raise ValueError(f"a client does not send {type(packet).__name__}")
-        pending = handler(conn, packet)
-        if pending is not None:
-            await pending
+        cid = client if isinstance(client, str) else client.client_id
+        conn = self.engine.clients.get(cid)
+        if conn is None:
+            raise LookupError(f"no connected client {cid!r}")
+        await settle(conn, self.engine.inject(conn, packet))

@@ -24,8 +24,8 @@ class Message:
     """An application message: what was published, by whom, when."""
 
     __slots__ = (
-        "_wire", "created", "expires_at", "origin", "payload", "properties", "qos", "retain",
-        "topic",
+        "_wire", "created", "expires_at", "node", "origin", "payload", "properties", "qos",
+        "retain", "topic",
     )
 
     def __init__(
@@ -47,6 +47,8 @@ class Message:
         self.properties: Properties = properties or {}
         #: client id of the publisher ("" for the broker itself)
         self.origin = origin
+        #: the cluster node it was published on ("": this one), set by ``broker.deliver``
+        self.node = ""
         self.created = time.monotonic() if created is None else created
         #: monotonic deadline from the Message Expiry Interval (None: never expires;
         #: an interval of 0 is taken as none, as Mosquitto does)
@@ -83,17 +85,19 @@ class Message:
         dup: bool = False,
         alias: int = 0,
         alias_known: bool = False,
+        now: float | None = None,
     ) -> Publish:
         """This message as a PUBLISH packet for one subscriber (the uncached path).
 
         ``alias`` adds a Topic Alias; with ``alias_known`` the client already has it and
-        the topic name is left empty.
+        the topic name is left empty. ``now`` is the time the forwarded Message Expiry
+        Interval counts from (default: the monotonic clock).
         """
         props = self.properties
         if level == PROTOCOL_5 and (self.expires_at is not None or subscription_ids or alias):
             props = dict(props)
             if self.expires_at is not None:
-                props[Property.MESSAGE_EXPIRY_INTERVAL] = self.remaining()
+                props[Property.MESSAGE_EXPIRY_INTERVAL] = self.remaining(now)
             if subscription_ids:
                 props[Property.SUBSCRIPTION_IDENTIFIER] = list(subscription_ids)
             if alias:
@@ -111,19 +115,20 @@ class Message:
         dup: bool = False,
         alias: int = 0,
         alias_known: bool = False,
+        now: float | None = None,
     ) -> bytes:
         """The PUBLISH bytes of this message for one subscriber."""
         v5 = level == PROTOCOL_5
         if dup or (v5 and (subscription_ids or alias)):
             packet = self.publish(level, qos, retain, packet_id, subscription_ids, dup, alias,
-                                  alias_known)
+                                  alias_known, now)
             byte0, topic, tail = publish_header(packet, level)
             return frame_publish(byte0, topic, packet_id, tail)
         key: tuple[Any, ...] = (v5, qos, retain)
         if v5 and self.expires_at is not None:
             # the forwarded interval changes as the message waits: one cache entry per
             # value, and only a few kept (a fan-out happens within one second)
-            key = (v5, qos, retain, self.remaining())
+            key = (v5, qos, retain, self.remaining(now))
             if key not in self._wire and len(self._wire) >= 8:
                 self._wire.clear()
         if not qos:

@@ -45,7 +45,6 @@ class Session:
 
     __slots__ = (
         "_next_id",
-        "auth_method",
         "client_id",
         "expired",
         "expires_at",
@@ -56,20 +55,16 @@ class Session:
         "max_queued",
         "online",
         "pending",
-        "protocol_level",
-        "reauthenticating",
         "subscriptions",
     )
 
     def __init__(
         self,
         client_id: str,
-        protocol_level: int = 4,
         max_inflight: int = 20,
         max_queued: int = 1000,
     ) -> None:
         self.client_id = client_id
-        self.protocol_level = protocol_level
         #: topic filter -> (subscription, subscription identifier or 0)
         self.subscriptions: dict[str, tuple[Subscription, int]] = {}
         #: packet id -> delivery sent and not yet completed, in send order
@@ -88,11 +83,6 @@ class Session:
         #: queued deliveries whose message expired before they could be sent, for the
         #: broker to collect (``sendable`` puts them here)
         self.expired: list[Outbound] = []
-        #: the v5 Authentication Method of the current connection (None: no enhanced
-        #: authentication), for re-authentication
-        self.auth_method: str | None = None
-        #: a re-authentication exchange is in progress (AUTH 0x18 expected)
-        self.reauthenticating = False
         self._next_id = 1
 
     def enqueue(self, out: Outbound) -> Enqueued:

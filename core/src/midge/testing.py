@@ -132,7 +132,7 @@ class RunningBroker:
 
 
 def _authenticates(objects: Iterable[Any], tables: Mapping[str, Any]) -> bool:
-    from .plugins import discover, implemented_hooks
+    from .hooks import discover, implemented_hooks
 
     targets = list(objects)
     if tables:

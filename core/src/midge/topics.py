@@ -7,7 +7,6 @@ next subscription change, so steady-state routing is one dict lookup.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Generic, NamedTuple, TypeVar
 
 from .codec import Subscription
@@ -17,6 +16,26 @@ T = TypeVar("T")
 #: A cache holding more topics than this is cleared rather than grown.
 MATCH_CACHE_LIMIT = 65_536
 SHARE_PREFIX = "$share/"
+
+
+def is_shared(topic_filter: str) -> bool:
+    """A ``$share/...`` filter (well formed or not)."""
+    return topic_filter.startswith(SHARE_PREFIX)
+
+
+def has_wildcard(topic_filter: str) -> bool:
+    """A filter with ``+`` or ``#`` (in the filter of a shared subscription too)."""
+    return "+" in topic_filter or "#" in topic_filter
+
+
+def limit_error(topic: str, max_length: int, max_levels: int) -> str | None:
+    """Why a topic name or filter exceeds the configured length or depth (None: it
+    does not)."""
+    if len(topic) > max_length and len(topic.encode()) > max_length:
+        return f"topic longer than {max_length}"
+    if topic.count("/") >= max_levels:
+        return f"topic has more than {max_levels} levels"
+    return None
 
 
 def parse_share(topic_filter: str) -> tuple[str, str] | None:
@@ -203,16 +222,6 @@ class SubscriptionTrie:
             self.match(topic)
         return self._groups.get(topic, [])
 
-    def filters_of(self, client_id: str) -> Iterator[str]:
-        """Every filter ``client_id`` holds (a walk of the whole trie; not for hot paths)."""
-        stack: list[tuple[_Node, tuple[str, ...]]] = [(self._root, ())]
-        while stack:
-            node, path = stack.pop()
-            if client_id in node.subs and path:
-                yield "/".join(path)
-            for level, child in node.children.items():
-                stack.append((child, (*path, level)))
-
 
 def _prune(path: list[_Node], levels: list[str]) -> None:
     """Remove the empty nodes at the end of ``path`` so the trie does not grow with churn."""
@@ -302,9 +311,6 @@ class RetainedIndex(Generic[T]):
 
     def get(self, topic: str) -> T | None:
         return self._by_topic.get(topic)
-
-    def items(self) -> Iterator[tuple[str, T]]:
-        return iter(list(self._by_topic.items()))
 
     def set(self, topic: str, value: T) -> None:
         node = self._root

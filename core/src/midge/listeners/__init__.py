@@ -1,11 +1,20 @@
-"""Network listeners: they accept connections and drive ``Connection`` objects.
+"""Network listeners: they accept transports and drive the engine's connections.
 
-The rule: a listener only moves bytes. It feeds what it reads to ``Connection.feed`` and
-writes what ``Connection.take_output`` returns; protocol decisions live elsewhere.
+The rule: a listener only moves bytes. It asks the ``Acceptor`` for a Connection (one
+place for admission), feeds it what it reads, writes what its outbox holds, and awaits
+the decisions the engine asks for (``settle``); protocol decisions live in the engine.
+Adding a transport is one module with a ``bind`` function plus its entry in
+``REGISTRY``, keyed by the configuration's listener ``type``.
 """
 
 from __future__ import annotations
 
-from .tcp import bind_tcp
+from ._base import Acceptor, Bind, Listener, Opener, settle
+from .tcp import bind as bind_tcp
 
-__all__ = ["bind_tcp"]
+#: listener type (the configuration's ``type``) -> how to bind one
+REGISTRY: dict[str, Bind] = {
+    "tcp": bind_tcp,
+}
+
+__all__ = ["REGISTRY", "Acceptor", "Bind", "Listener", "Opener", "settle"]

@@ -2,9 +2,9 @@
 
 The rule: the asyncio path spawns no task per connection. Bytes arrive in
 ``data_received``, are decoded and handled at once, and the answers are written once per
-event-loop iteration; a task is started only while a plugin's ``async def`` hook is
-awaited, and reading pauses meanwhile so packets keep their order. Other anyio backends
-get the same Connection driven by a reader task and a writer task.
+event-loop iteration; a task is started only while the engine waits for a decision (an
+``async def`` hook), and reading pauses meanwhile so packets keep their order. Other
+anyio backends get the same Connection driven by a reader task and a writer task.
 """
 
 from __future__ import annotations
@@ -13,42 +13,32 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import sniffio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 
 from ..config import ListenerSettings
-from ..connection import Connection
-
-if TYPE_CHECKING:
-    from ..broker import Broker
+from ..engine import Ask, Connection
+from ._base import Acceptor, Listener, settle
 
 log = logging.getLogger("midge.listeners")
 
 #: seconds a closing connection gets to flush what it still has to say
 CLOSE_FLUSH_TIMEOUT = 2.0
 RECEIVE_SIZE = 65536
+#: connections the kernel may hold ready for accept
+ACCEPT_BACKLOG = 4096
 _CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
-class Bound:
-    """A bound listener: its addresses, and how to stop accepting."""
-
-    def __init__(self, addresses: list[tuple[str, int]],
-                 close: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        self.addresses = addresses
-        self.aclose = close
-
-
-async def bind_tcp(broker: Broker, spec: ListenerSettings, task_group: TaskGroup) -> Bound:
-    """Listen on ``spec`` and serve every accepted connection in ``task_group``."""
+async def bind(acceptor: Acceptor, spec: ListenerSettings) -> Listener:
+    """Bind ``spec``'s address (accepting starts with ``start``)."""
     try:
         if sniffio.current_async_library() == "asyncio":
-            return await _bind_asyncio(broker, spec, task_group)
-        return await _bind_streams(broker, spec, task_group)
+            return await AsyncioListener.bind(acceptor, spec)
+        return await StreamListener.bind(acceptor, spec)
     except OSError as exc:
         # name the address: with several listeners "address in use" is a riddle
         raise OSError(
@@ -56,33 +46,54 @@ async def bind_tcp(broker: Broker, spec: ListenerSettings, task_group: TaskGroup
         ) from exc
 
 
+def _peer(address: Any) -> tuple[str, int]:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return "?", 0
+
+
 # -- asyncio: one Protocol object per connection -------------------------------------------
 
 
-async def _bind_asyncio(broker: Broker, spec: ListenerSettings, tg: TaskGroup) -> Bound:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: AsyncioDriver(broker, spec, tg), spec.host, spec.port, backlog=4096,
-        reuse_address=True,
-    )
-    addresses = [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in server.sockets]
+class AsyncioListener:
+    """A bound asyncio server; it serves once ``start`` is called."""
 
-    async def close() -> None:
-        server.close()
+    def __init__(self, server: asyncio.Server, groups: list[TaskGroup]) -> None:
+        self._server = server
+        #: the task group drivers start tasks in, once ``start`` has given it
+        self._groups = groups
+        self.addresses = [
+            (str(s.getsockname()[0]), int(s.getsockname()[1])) for s in server.sockets
+        ]
 
-    return Bound(addresses, close)
+    @classmethod
+    async def bind(cls, acceptor: Acceptor, spec: ListenerSettings) -> AsyncioListener:
+        loop = asyncio.get_running_loop()
+        holder: list[TaskGroup] = []
+        server = await loop.create_server(
+            lambda: AsyncioDriver(acceptor, spec, holder[0]), spec.host, spec.port,
+            backlog=ACCEPT_BACKLOG, reuse_address=True, start_serving=False,
+        )
+        return cls(server, holder)
+
+    async def start(self, task_group: TaskGroup) -> None:
+        self._groups.append(task_group)
+        await self._server.start_serving()
+
+    async def aclose(self) -> None:
+        self._server.close()
 
 
 class AsyncioDriver(asyncio.Protocol):
     """Moves bytes between an asyncio transport and a Connection."""
 
     __slots__ = (
-        "_abort_handle", "_closed", "_flush_handle", "_paused", "_tg", "broker", "conn",
+        "_abort_handle", "_acceptor", "_closed", "_flush_handle", "_paused", "_tg", "conn",
         "loop", "paused_frames", "spec", "transport",
     )
 
-    def __init__(self, broker: Broker, spec: ListenerSettings, tg: TaskGroup) -> None:
-        self.broker = broker
+    def __init__(self, acceptor: Acceptor, spec: ListenerSettings, tg: TaskGroup) -> None:
+        self._acceptor = acceptor
         self.spec = spec
         self._tg = tg
         self.conn: Connection | None = None
@@ -98,21 +109,15 @@ class AsyncioDriver(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        remote = f"{peer[0]}:{peer[1]}" if peer else "?"
-        broker = self.broker
-        if len(broker.connections) >= broker.limits.max_connections:
-            log.warning("refusing connection from %s: max_connections %d reached",
-                        remote, broker.limits.max_connections)
+        host, port = _peer(transport.get_extra_info("peername"))
+        self.conn = self._acceptor.accept(self, self.spec, host, port)
+        if self.conn is None:
             self._closed = True
             transport.abort()  # type: ignore[attr-defined]
-            return
-        self.conn = Connection(broker, self, self.spec, remote, broker.limits.max_packet_size)
-        broker.connection_opened(self.conn)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -122,11 +127,11 @@ class AsyncioDriver(asyncio.Protocol):
         if pending is not None:
             assert self.transport is not None
             self.transport.pause_reading()
-            self._tg.start_soon(self._await, pending)
+            self._tg.start_soon(self._settle, conn, pending)
 
-    async def _await(self, pending: Coroutine[Any, Any, None]) -> None:
+    async def _settle(self, conn: Connection, pending: Ask) -> None:
         try:
-            await pending
+            await settle(conn, pending)
         finally:
             if not self._closed and self.transport is not None:
                 self.transport.resume_reading()
@@ -139,10 +144,8 @@ class AsyncioDriver(asyncio.Protocol):
         for handle in (self._flush_handle, self._abort_handle):
             if handle is not None:
                 handle.cancel()
-        conn = self.conn
-        if conn is not None:
-            conn.transport_lost(str(exc) if exc else "")
-            self.broker.connection_closed(conn)
+        if self.conn is not None:
+            self.conn.transport_lost(str(exc) if exc else "")
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -186,48 +189,56 @@ class AsyncioDriver(asyncio.Protocol):
 # -- anyio streams: a reader task and a writer task per connection -------------------------
 
 
-async def _bind_streams(broker: Broker, spec: ListenerSettings, tg: TaskGroup) -> Bound:
-    multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port)
-    addresses = []
-    for listener in multi.listeners:
-        address: Any = listener.extra(SocketAttribute.local_address)
-        addresses.append((str(address[0]), int(address[1])))
-    scope = anyio.CancelScope()
+class StreamListener:
+    """A bound anyio TCP listener; it accepts once ``start`` is called."""
 
-    async def accept_loop(listener: Any) -> None:
-        with scope:
+    def __init__(self, acceptor: Acceptor, spec: ListenerSettings, multi: Any) -> None:
+        self._acceptor = acceptor
+        self._spec = spec
+        self._multi = multi
+        self._scope = anyio.CancelScope()
+        self.addresses = []
+        for listener in multi.listeners:
+            self.addresses.append(_peer(listener.extra(SocketAttribute.local_address)))
+
+    @classmethod
+    async def bind(cls, acceptor: Acceptor, spec: ListenerSettings) -> StreamListener:
+        multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port,
+                                                backlog=ACCEPT_BACKLOG)
+        return cls(acceptor, spec, multi)
+
+    async def start(self, task_group: TaskGroup) -> None:
+        # one loop per socket (an IPv4 and an IPv6 one for "localhost", say)
+        for listener in self._multi.listeners:
+            task_group.start_soon(self._accept_loop, listener, task_group)
+
+    async def _accept_loop(self, listener: Any, task_group: TaskGroup) -> None:
+        with self._scope:
             while True:
                 try:
                     stream = await listener.accept()
                 except anyio.ClosedResourceError:
                     return  # the listener was closed: shutting down
                 except OSError as exc:
-                    log.error("accept on %s failed: %s", spec.label, exc)
+                    log.error("accept on %s failed: %s", self._spec.label, exc)
                     await anyio.sleep(0.1)
                     continue
-                tg.start_soon(StreamDriver(broker, spec, stream).run)
+                task_group.start_soon(StreamDriver(self._acceptor, self._spec, stream).run)
 
-    # one loop per socket (an IPv4 and an IPv6 one for "localhost", say)
-    for listener in multi.listeners:
-        tg.start_soon(accept_loop, listener)
-
-    async def close() -> None:
-        scope.cancel()
-        await multi.aclose()
-
-    return Bound(addresses, close)
+    async def aclose(self) -> None:
+        self._scope.cancel()
+        await self._multi.aclose()
 
 
 class StreamDriver:
     """Moves bytes between an anyio ByteStream and a Connection."""
 
-    def __init__(self, broker: Broker, spec: ListenerSettings, stream: ByteStream) -> None:
-        self.broker = broker
+    def __init__(self, acceptor: Acceptor, spec: ListenerSettings, stream: ByteStream) -> None:
+        self._acceptor = acceptor
         self.spec = spec
         self.stream = stream
         self._wake = anyio.Event()
         self._reader: anyio.CancelScope | None = None
-        self.conn: Connection | None = None
 
     @property
     def backlog(self) -> int:
@@ -237,19 +248,15 @@ class StreamDriver:
         self._wake.set()
 
     async def run(self) -> None:
-        broker = self.broker
         try:
             address = self.stream.extra(SocketAttribute.remote_address)
-            remote = f"{address[0]}:{address[1]}"  # type: ignore[index]
         except Exception:
-            remote = "?"
-        if len(broker.connections) >= broker.limits.max_connections:
-            log.warning("refusing connection from %s: max_connections reached", remote)
+            address = None
+        host, port = _peer(address)
+        conn = self._acceptor.accept(self, self.spec, host, port)
+        if conn is None:
             await self.stream.aclose()
             return
-        conn = self.conn = Connection(broker, self, self.spec, remote,
-                                      broker.limits.max_packet_size)
-        broker.connection_opened(conn)
         reason = ""
         try:
             async with anyio.create_task_group() as tg:
@@ -262,7 +269,6 @@ class StreamDriver:
             with anyio.CancelScope(shield=True):
                 await self.stream.aclose()
             conn.transport_lost(reason)
-            broker.connection_closed(conn)
 
     async def _read_loop(self, conn: Connection) -> str:
         while not conn.closing:
@@ -270,9 +276,7 @@ class StreamDriver:
                 data = await self.stream.receive(RECEIVE_SIZE)
             except _CLOSED as exc:
                 return str(exc)
-            pending = conn.feed(data)
-            if pending is not None:
-                await pending
+            await settle(conn, conn.feed(data))
         return ""
 
     async def _write_loop(self, conn: Connection) -> None:

@@ -2,9 +2,10 @@
 
 The rule: every hook here is documented (when it fires, its arguments, what its return
 value means, whether it may be ``async def``, how several implementations combine) and
-tested. The combination rules are applied by ``midge.plugins.Hooks``, not by pluggy,
-because pluggy never awaits. ``client`` arguments are ``midge.Client`` objects (the live
-connection; read its public attributes, do not keep it past ``on_disconnect``).
+tested. The combination rules are applied by ``midge.hooks.dispatch.Hooks``, not by
+pluggy, because pluggy never awaits. ``client`` arguments are ``midge.Client`` objects (a
+read-only view of the connection, see ``midge.api``; do not keep it past
+``on_disconnect``); ``broker`` arguments are ``midge.api.BrokerHandle``.
 
 Combination rules:
 
@@ -30,11 +31,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .broker import Broker
-    from .codec import Auth, Connect, Packet, Publish, Subscribe, Unsubscribe, Will
-    from .connection import Connection as Client
-    from .message import Message
-    from .topics import Route
+    from ..api import BrokerHandle, Client
+    from ..codec import Auth, Connect, Packet, Publish, Subscribe, Unsubscribe, Will
+    from ..message import Message
+    from ..topics import Route
 
 hookspec = pluggy.HookspecMarker("midge")
 hookimpl = pluggy.HookimplMarker("midge")
@@ -61,25 +61,29 @@ def _rule(rule: str, may_be_async: bool) -> Any:
 
 
 @_rule(BROADCAST, True)
-def on_started(broker: Broker) -> None:
-    """The broker is listening and has restored its stored state.
+def on_started(broker: BrokerHandle) -> None:
+    """The broker has restored its stored state and bound its listeners.
 
-    Fires once, after every listener is bound. ``async def`` implementations are awaited
-    before the first client is served. Return value ignored.
+    Fires once, before the first client is accepted: ``async def`` implementations are
+    awaited first. Start background tasks here with ``broker.start_task(func)``; they run
+    in a task group the broker owns and are cancelled after the clients are gone at
+    shutdown. Return value ignored.
     """
 
 
 @_rule(BROADCAST, True)
-def on_stopped(broker: Broker) -> None:
+def on_stopped(broker: BrokerHandle) -> None:
     """The broker has closed every connection and is about to return from ``run``.
 
-    Fires once, at the very end of a graceful shutdown; ``async def`` implementations
-    are awaited (flush storage here). Return value ignored.
+    Fires once, at the very end of every shutdown, after the background tasks were
+    cancelled and the deferred ``async def`` broadcast calls drained (within
+    ``shutdown_timeout``); ``async def`` implementations are awaited, within the same
+    deadline (flush storage here). Return value ignored.
     """
 
 
 @_rule(BROADCAST, True)
-def on_reload(broker: Broker) -> None:
+def on_reload(broker: BrokerHandle) -> None:
     """The operator asked for a reload (SIGHUP): re-read files such as a ledger.
 
     A midge addition to mochi-mqtt's list. Keep the old state when the new one is
@@ -88,7 +92,7 @@ def on_reload(broker: Broker) -> None:
 
 
 @_rule(BROADCAST, True)
-def on_sys_info_tick(broker: Broker, info: dict[str, Any]) -> None:
+def on_sys_info_tick(broker: BrokerHandle, info: dict[str, Any]) -> None:
     """Every ``sys_interval`` seconds, with the broker's counters.
 
     ``info`` maps counter names (``clients_connected``, ``messages_received``,
@@ -242,8 +246,11 @@ def on_publish(client: Client, packet: Publish) -> Publish:
 
 
 @_rule(BROADCAST, True)
-def on_published(client: Client, packet: Publish) -> None:
-    """A client's message was routed (``client`` is None for inline publishes)."""
+def on_published(client: Client | None, packet: Publish) -> None:
+    """A message was published and routed: a client's PUBLISH (after ``on_publish``
+    accepted it), a will (``client`` is the connection that left it), or an inline
+    ``broker.publish`` (``client`` is None). Not fired for ``broker.deliver`` (messages
+    published elsewhere, on another node)."""
 
 
 @_rule(BROADCAST, True)

@@ -1,21 +1,20 @@
 """Built-in plugins: per-listener anonymous access and the $SYS publisher.
 
-The rule: core features that fit a hook are plugins on the same hooks as third-party
-ones, registered after the configured plugins so that those decide first.
+The rule: core features that fit a hook are plugins on the same hooks and the same
+public handle as third-party ones, registered after the configured plugins so that those
+decide first.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .hookspecs import hookimpl
-from .message import Message
+from .._version import __version__
+from .specs import hookimpl
 
 if TYPE_CHECKING:
-    from .broker import Broker
-    from .codec import Connect
-    from .connection import Connection
+    from ..api import BrokerHandle, Client
+    from ..codec import Connect
 
 
 class ListenerAccess:
@@ -23,11 +22,11 @@ class ListenerAccess:
     default, or an embedder's choice); abstains elsewhere, so no decision denies."""
 
     @hookimpl
-    def on_connect_authenticate(self, client: Connection, packet: Connect) -> bool | None:
+    def on_connect_authenticate(self, client: Client, packet: Connect) -> bool | None:
         return True if client.listener.allow_anonymous else None
 
     @hookimpl
-    def on_acl_check(self, client: Connection, topic: str, write: bool) -> bool | None:
+    def on_acl_check(self, client: Client, topic: str, write: bool) -> bool | None:
         return True if client.listener.allow_anonymous else None
 
 
@@ -50,8 +49,8 @@ class SysPublisher:
     """Publishes the broker's counters as retained ``$SYS/broker/...`` messages."""
 
     @hookimpl
-    def on_sys_info_tick(self, broker: Broker, info: dict[str, Any]) -> None:
+    async def on_sys_info_tick(self, broker: BrokerHandle, info: dict[str, Any]) -> None:
         info = {**info, "version": f"midge {__version__}"}
         for topic, key in SYS_TOPICS.items():
             if key in info:
-                broker.route(Message(topic, str(info[key]).encode(), 0, True))
+                await broker.publish(topic, str(info[key]), 0, True)

@@ -1,0 +1,129 @@
+"""The narrow ports: what a hook sees of a client, and what a plugin may ask of the broker.
+
+The rule: plugins and listeners are typed against these protocols, never against the
+engine's or the shell's classes, so the broker can change inside without breaking them.
+Both are read-mostly views: a plugin reads a client's attributes, and acts on the broker
+only through the handle's methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from .codec import Properties
+from .config import ListenerSettings, Settings
+from .message import Message
+from .stats import Stats
+
+
+class Client(Protocol):
+    """A client connection as hooks see it (``midge.Client``). Read its attributes; do
+    not keep it past ``on_disconnect``."""
+
+    @property
+    def client_id(self) -> str:
+        """The client identifier (assigned by the broker for an empty v5 one); "" before
+        CONNECT has been read."""
+
+    @property
+    def username(self) -> str | None:
+        """The user name of CONNECT (or from a TLS certificate), None without one."""
+
+    @property
+    def remote(self) -> str:
+        """The peer's address and port, for log lines (``host:port``)."""
+
+    @property
+    def remote_host(self) -> str:
+        """The peer's address without the port."""
+
+    @property
+    def remote_port(self) -> int:
+        """The peer's port (0 where the transport has none)."""
+
+    @property
+    def listener(self) -> ListenerSettings:
+        """The listener the client connected through."""
+
+    @property
+    def protocol_level(self) -> int:
+        """3 (MQTT 3.1), 4 (3.1.1) or 5; 0 before CONNECT."""
+
+    @property
+    def keepalive(self) -> int:
+        """The keepalive in force, in seconds (0: none)."""
+
+    @property
+    def connected(self) -> bool:
+        """CONNACK 0 was sent and the connection is not closing."""
+
+    @property
+    def closing(self) -> bool:
+        """The connection is being closed (no more packets are handled)."""
+
+    @property
+    def clean_disconnect(self) -> bool:
+        """The client ended the connection with a normal DISCONNECT (its will is dropped)."""
+
+    @property
+    def close_reason(self) -> str:
+        """Why the connection ended ("" while it is open)."""
+
+
+class MessageStream(Protocol):
+    """An inline subscription (``broker.subscribe``): an async context manager and an
+    async iterator of messages, or a callback target."""
+
+    topic_filter: str
+    dropped: int
+
+    def __aiter__(self) -> AsyncIterator[Message]: ...
+
+    async def get(self) -> Message: ...
+
+    def close(self) -> None: ...
+
+
+class BrokerHandle(Protocol):
+    """What plugins may do with the broker (the ``broker`` argument of lifecycle hooks).
+
+    Call these from the broker's event loop: a hook, a background task started with
+    ``start_task``, or ``portal.call`` from another thread.
+    """
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    async def publish(self, topic: str, payload: bytes | str = b"", qos: int = 0,
+                      retain: bool = False, properties: Properties | None = None) -> int:
+        """Publish as the broker itself (no ACL on the sender); returns the recipients."""
+
+    def subscribe(self, topic_filter: str, qos: int = 2, *,
+                  callback: Callable[[Message], Awaitable[None] | None] | None = None,
+                  buffer: int = 1000) -> MessageStream:
+        """Receive the messages matching ``topic_filter`` inline (retained ones first)."""
+
+    def deliver(self, message: Message, node: str) -> int:
+        """Deliver a message that was published elsewhere (another node of a cluster) to
+        the local subscribers only; it is marked with ``node`` and not reported by
+        ``on_published``, so it is never forwarded again. Returns the recipients."""
+
+    def disconnect(self, client_id: str, reason_code: int = 0x98, *,
+                   reason: str | None = None, server_reference: str | None = None) -> bool:
+        """Disconnect a connected client (v5: DISCONNECT ``reason_code``)."""
+
+    def client(self, client_id: str) -> Client | None:
+        """The connected client with this id, or None."""
+
+    def sys_info(self) -> dict[str, Any]:
+        """The counters given to ``on_sys_info_tick``."""
+
+    def start_task(self, func: Callable[..., Awaitable[Any]], *args: Any,
+                   name: str | None = None) -> None:
+        """Run ``func(*args)`` in the broker's plugin task group: it starts at once
+        (call it from ``on_started``, which runs after restore and before the first
+        client is accepted) and is cancelled after the clients are gone at shutdown."""

@@ -1,0 +1,274 @@
+"""One client connection's protocol side: decode, check by state, dispatch, close.
+
+The rule (after h11): this module does no I/O. A listener's driver feeds it the bytes it
+reads (``feed``), takes what to write from its outbox (``take_output``) when asked to
+flush, tells it the answers to what it asked (``answer``), and reports the end of the
+transport (``transport_lost``). Which packet is allowed when is the state table's
+business (``_state``); what a packet does is the engine's (``Owner.handle``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..codec import (
+    PROTOCOL_5,
+    PROTOCOL_311,
+    ConnAck,
+    Decoder,
+    Disconnect,
+    Packet,
+    Property,
+    ProtocolViolation,
+    ReasonCode,
+    RemoteProtocolError,
+    Role,
+    UnsupportedProtocolVersion,
+    connack_code_v3,
+)
+from ..errors import DropPacket
+from ._outbox import Driver, Outbox
+from ._state import ALLOWED, State
+
+if TYPE_CHECKING:
+    from ..codec import Will
+    from ..config import ListenerSettings
+    from ..hooks import Hooks
+    from ..session import Session
+    from ._ask import Ask
+
+log = logging.getLogger("midge.connection")
+
+
+class Owner(Protocol):
+    """What a connection needs from the engine that made it."""
+
+    @property
+    def handlers(self) -> Mapping[type[Packet], Callable[[Connection, Any], Ask | None]]:
+        """Packet type -> what it does; an Ask when a decision must be awaited first."""
+
+    def ended(self, conn: Connection, connected: bool) -> None:
+        """The connection stopped handling input (once, however it ends); ``connected``:
+        it had been sent CONNACK 0."""
+
+    def released(self, conn: Connection) -> None:
+        """The connection's transport is gone."""
+
+
+class Connection:
+    """A client's network connection, from accept to close (``midge.Client`` to hooks)."""
+
+    __slots__ = (
+        "_clock", "_ended", "_owner", "acl_cache", "aliases_in", "auth_method",
+        "clean_disconnect", "client_id", "close_reason", "decoder", "hooks", "keepalive",
+        "last_seen", "listener", "opened", "outbox", "problem_info", "reauthenticating",
+        "remote", "remote_host", "remote_port", "session", "state", "username", "will",
+    )
+
+    def __init__(
+        self, owner: Owner, driver: Driver, listener: ListenerSettings, host: str, port: int,
+        *, hooks: Hooks, clock: Callable[[], float], max_packet_size: int,
+    ) -> None:
+        self._owner = owner
+        self._clock = clock
+        self.hooks = hooks
+        self.listener = listener
+        self.remote_host = host
+        self.remote_port = port
+        self.remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.state = State.AWAITING_CONNECT
+        self.outbox = Outbox(driver, hooks, self)
+        self.decoder = Decoder(Role.SERVER, max_packet_size=max_packet_size)
+        #: (topic, write) -> ACL decision, kept until a reload
+        self.acl_cache: dict[tuple[str, bool], bool] = {}
+        self.client_id = ""
+        self.username: str | None = None
+        self.session: Session | None = None
+        self.keepalive = 0
+        self.opened = self.last_seen = clock()
+        self.will: Will | None = None
+        self.clean_disconnect = False
+        self.close_reason = ""
+        #: v5 Request Problem Information: reason strings allowed on non-CONNACK packets
+        self.problem_info = True
+        #: v5 topic aliases the client set, alias -> topic (this connection only)
+        self.aliases_in: dict[int, str] = {}
+        #: the v5 Authentication Method of CONNECT (None: no enhanced authentication)
+        self.auth_method: str | None = None
+        #: a re-authentication exchange is in progress (AUTH 0x18 expected)
+        self.reauthenticating = False
+        self._ended = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.client_id or '?'} from {self.remote} {self.state.value}>"
+
+    @property
+    def name(self) -> str:
+        """The client id once known, else the remote address, for log lines."""
+        return self.client_id or f"<{self.remote}>"
+
+    @property
+    def protocol_level(self) -> int:
+        return self.outbox.level
+
+    @property
+    def connected(self) -> bool:
+        return self.state is State.CONNECTED
+
+    @property
+    def closing(self) -> bool:
+        return self.state is State.CLOSING or self.state is State.CLOSED
+
+    @property
+    def v5(self) -> bool:
+        return self.outbox.level == PROTOCOL_5
+
+    def send(self, packet: Packet) -> None:
+        self.outbox.send(packet)
+
+    def take_output(self) -> tuple[bytes, int]:
+        """What to write now, as one buffer, and how many frames it holds."""
+        return self.outbox.take()
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def close(self, reason_code: int | None, why: str, *, reason: str = "",
+              server_reference: str | None = None) -> None:
+        """End the connection from the broker's side: a connected v5 client is told
+        DISCONNECT ``reason_code`` first (with ``reason`` as Reason String when it allows
+        one, and a Server Reference for 0x9C/0x9D); what was written is flushed, then
+        the transport closes. ``why`` is for logs and ``on_disconnect``."""
+        if self.closing:
+            return
+        if reason_code is not None and self.state is State.CONNECTED and self.v5:
+            props: dict[int, Any] = {}
+            if reason and self.problem_info:
+                props[Property.REASON_STRING] = reason
+            if server_reference is not None and reason_code in (
+                ReasonCode.USE_ANOTHER_SERVER, ReasonCode.SERVER_MOVED
+            ):
+                props[Property.SERVER_REFERENCE] = server_reference
+            self.send(Disconnect(reason_code, props))
+        if not self.close_reason:
+            self.close_reason = why
+        self._end(State.CLOSING)
+        self.outbox.sealed = True
+        self.outbox.flush_soon()
+
+    def transport_lost(self, error: str = "") -> None:
+        """The driver's transport is gone (closed by the peer, reset, or closed by us)."""
+        if not self.closing:
+            if self.decoder.buffered:
+                # a truncated packet is bad input like any other: one WARNING
+                log.warning(
+                    "client %s: connection closed in the middle of a packet "
+                    "(%d bytes of it received)", self.name, self.decoder.buffered,
+                )
+                self.close_reason = "connection closed in the middle of a packet"
+            else:
+                self.close_reason = self.close_reason or (
+                    f"connection lost: {error}" if error else "connection closed by the client"
+                )
+        self.outbox.sealed = True
+        self._end(State.CLOSED)
+        self._owner.released(self)
+
+    def _end(self, state: State) -> None:
+        connected = self.state is State.CONNECTED
+        self.state = state
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self._owner.ended(self, connected)
+        except Exception:
+            log.exception("client %s: internal error while closing", self.name)
+
+    # -- input -----------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> Ask | None:
+        """Handle received bytes. Returns an Ask when a plugin's decision must be awaited;
+        the driver awaits it, calls ``answer``, and feeds nothing meanwhile."""
+        if self.closing:
+            return None
+        self.last_seen = self._clock()
+        self.decoder.feed(data)
+        return self._process()
+
+    def answer(self, pending: Ask, value: Any, error: BaseException | None) -> Ask | None:
+        """The awaited decision of ``pending``: continue its flow, then the packets that
+        arrived meanwhile. Returns the next Ask, if any."""
+        try:
+            more = pending.tell(value, error)
+            if more is not None:
+                more.packet = pending.packet
+                return more
+            if pending.packet is not None:
+                self._processed(pending.packet)
+        except RemoteProtocolError as exc:
+            self.protocol_error(exc)
+            return None
+        except Exception:
+            self._internal_error()
+            return None
+        if self.closing:
+            return None
+        return self._process()
+
+    def _process(self) -> Ask | None:
+        hooks = self.hooks
+        decoder = self.decoder
+        handlers = self._owner.handlers
+        try:
+            while (packet := decoder.next_packet()) is not None:
+                if hooks.on_packet_read is not None:
+                    try:
+                        packet = hooks.on_packet_read(self, packet)
+                    except DropPacket:
+                        continue
+                if type(packet) not in ALLOWED[self.state]:
+                    raise ProtocolViolation(
+                        f"{type(packet).__name__} while {self.state.value}"
+                        if self.state is not State.CONNECTING
+                        else f"{type(packet).__name__} before CONNACK"
+                    )
+                pending = handlers[type(packet)](self, packet)
+                if pending is not None:
+                    pending.packet = packet
+                    return pending
+                self._processed(packet)
+                if self.closing:
+                    return None
+        except RemoteProtocolError as exc:
+            self.protocol_error(exc)
+        except Exception:
+            self._internal_error()
+        return None
+
+    def _processed(self, packet: Packet) -> None:
+        if self.state is State.CONNECTED and self.hooks.on_packet_processed is not None:
+            self.hooks.on_packet_processed(self, packet, None)
+
+    def _internal_error(self) -> None:
+        log.error(
+            "client %s: internal error; closing its connection", self.name,
+            exc_info=True,  # noqa: LOG014 - always called from an except block
+        )
+        self.close(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+
+    def protocol_error(self, exc: RemoteProtocolError) -> None:
+        """Answer a protocol violation as the specification says, then close."""
+        log.warning("client %s: protocol error: %s", self.name, exc)
+        self.close_reason = f"protocol error: {exc.message}"
+        if self.state is not State.CONNECTED:
+            if isinstance(exc, UnsupportedProtocolVersion):
+                # the client's level is unknown to us: answer in the 3.1.1 form
+                # [MQTT-3.1.2-2]
+                self.outbox.level = PROTOCOL_311
+                self.send(ConnAck(connack_code_v3(exc.reason_code)))
+            elif self.decoder.protocol_level == PROTOCOL_5:
+                self.outbox.level = PROTOCOL_5
+                self.send(ConnAck(exc.reason_code))
+        self.close(exc.reason_code, self.close_reason)

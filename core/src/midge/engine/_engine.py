@@ -1,0 +1,207 @@
+"""The engine: the broker's state machine, told bytes, time and answers by its shell.
+
+The rule: nothing here awaits, sleeps, reads a clock it was not given, or imports an
+event loop. The engine wires the flows (CONNECT/AUTH, PUBLISH and acknowledgements,
+SUBSCRIBE), the session registry and the router over one packet table; the shell feeds
+connections, calls ``tick(now)`` for deadlines and awaits what an ``Ask`` waits for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..codec import (
+    Auth,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    ReasonCode,
+    Subscribe,
+    Unsubscribe,
+)
+from ..stats import Stats
+from ._access import Access
+from ._connect import ConnectFlow
+from ._connection import Connection
+from ._publish import PublishFlow
+from ._router import Router
+from ._sessions import Registry
+from ._subscribe import SubscribeFlow
+
+if TYPE_CHECKING:
+    from ..config import BrokerSettings, ListenerSettings
+    from ..hooks import Hooks
+    from ..message import Message
+    from ..session import Session
+    from ._ask import Ask
+    from ._outbox import Driver
+
+log = logging.getLogger("midge.broker")
+clients_log = logging.getLogger("midge.clients")
+
+#: how much longer than its keepalive a client may stay silent [MQTT-3.1.2-24]
+KEEPALIVE_GRACE = 1.5
+
+Handler = Callable[[Connection, Any], "Ask | None"]
+
+
+class Engine:
+    """Every connection, session, subscription and retained message of one broker."""
+
+    def __init__(self, limits: BrokerSettings, hooks: Hooks, clock: Callable[[], float],
+                 stats: Stats | None = None) -> None:
+        self.limits = limits
+        self.hooks = hooks
+        self.clock = clock
+        self.stats = stats or Stats()
+        sessions: dict[str, Session] = {}
+        clients: dict[str, Connection] = {}
+        self.access = Access(hooks, limits)
+        self.router = Router(limits, hooks, self.stats, self.access, clock, clients, sessions)
+        self.registry = Registry(limits, hooks, self.stats, clock, self.router, sessions,
+                                 clients)
+        self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock)
+        publish = PublishFlow(limits, hooks, self.stats, self.access, self.router, clock)
+        subscribe = SubscribeFlow(limits, hooks, self.access, self.router)
+        #: packet type -> what it does (the state table has already allowed it)
+        self.handlers: dict[type[Packet], Handler] = {
+            Connect: self.connect_flow.connect,
+            Auth: self.connect_flow.auth,
+            Publish: publish.publish,
+            PubAck: publish.puback,
+            PubRec: publish.pubrec,
+            PubRel: publish.pubrel,
+            PubComp: publish.pubcomp,
+            Subscribe: subscribe.subscribe,
+            Unsubscribe: subscribe.unsubscribe,
+            PingReq: subscribe.pingreq,
+            Disconnect: self.registry.client_disconnect,
+        }
+        #: every open network connection, before and after CONNECT
+        self.connections: set[Connection] = set()
+        #: called when the last connection's transport is gone (the shell's shutdown)
+        self.idle: Callable[[], None] | None = None
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        return self.registry.sessions
+
+    @property
+    def clients(self) -> dict[str, Connection]:
+        return self.registry.clients
+
+    # -- connections -----------------------------------------------------------------------
+
+    def open(self, driver: Driver, listener: ListenerSettings, host: str,
+             port: int) -> Connection:
+        """A listener accepted a transport: the Connection its driver feeds."""
+        conn = Connection(self, driver, listener, host, port, hooks=self.hooks,
+                          clock=self.clock, max_packet_size=self.limits.max_packet_size)
+        self.connections.add(conn)
+        self.stats.connections_total += 1
+        return conn
+
+    def ended(self, conn: Connection, connected: bool) -> None:
+        if connected:
+            self.registry.connection_lost(conn)
+        else:
+            self.connect_flow.forget(conn)
+
+    def released(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self.idle is not None:
+            self.idle()
+
+    def inject(self, conn: Connection, packet: Packet) -> Ask | None:
+        """Handle ``packet`` as if the connected ``conn`` had sent it."""
+        if not conn.connected:
+            raise LookupError(f"client {conn.client_id!r} is not connected")
+        if isinstance(packet, Connect):
+            raise ValueError("a CONNECT cannot be injected into a connected client")
+        handler = self.handlers.get(type(packet))
+        if handler is None:
+            raise ValueError(f"a client does not send {type(packet).__name__}")
+        return handler(conn, packet)
+
+    def disconnect(self, client_id: str, reason_code: int = ReasonCode.ADMINISTRATIVE_ACTION,
+                   *, reason: str | None = None, server_reference: str | None = None) -> bool:
+        """Disconnect a connected client: a v5 client is told DISCONNECT ``reason_code``
+        (0x00 or 0x80 and above) with ``reason`` as Reason String and
+        ``server_reference`` as Server Reference (0x9C, 0x9D); a v3 client is closed.
+        Its will follows the usual rules. False when ``client_id`` is not connected."""
+        conn = self.registry.clients.get(client_id)
+        if conn is None or conn.closing:
+            return False
+        code = ReasonCode(reason_code)
+        clients_log.info("client %s: disconnected by the server (0x%02X%s)", client_id,
+                         int(code), f": {reason}" if reason else "")
+        conn.close(code, reason or f"disconnected by the server (0x{int(code):02X})",
+                   reason=reason or "", server_reference=server_reference)
+        return True
+
+    def close_all(self, reason_code: int, why: str) -> None:
+        """Close every connection (at shutdown: DISCONNECT 0x8B to v5 clients)."""
+        for conn in list(self.connections):
+            conn.close(reason_code, why)
+
+    def forget_acl_decisions(self) -> None:
+        """A reload: ACL decisions are asked afresh."""
+        for conn in self.connections:
+            conn.acl_cache.clear()
+
+    # -- time ------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Enforce every deadline due by ``now``: CONNECT timeouts, keepalives, retained
+        message expiry, delayed wills, session expiry."""
+        self.router.tick(now)
+        connect_timeout = self.limits.connect_timeout
+        for conn in list(self.connections):
+            if conn.closing:
+                continue
+            if not conn.connected:
+                if now - conn.opened > connect_timeout:
+                    log.warning("client %s sent no CONNECT within %d s; closing",
+                                conn.name, connect_timeout)
+                    conn.close(None, "CONNECT timeout")
+            elif conn.keepalive and now - conn.last_seen > conn.keepalive * KEEPALIVE_GRACE:
+                clients_log.info("client %s: keepalive of %d s expired; closing",
+                                 conn.name, conn.keepalive)
+                conn.close(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
+        self.registry.tick(now)
+
+    # -- messages from outside the clients -------------------------------------------------
+
+    def route(self, message: Message) -> int:
+        """Retain and deliver a message that no client published (inline, external)."""
+        return self.router.route(message, None)
+
+    # -- stored state ----------------------------------------------------------------------
+
+    def restore(self, clients: Iterable[dict[str, Any]], subscriptions: Iterable[dict[str, Any]],
+                inflight: Iterable[dict[str, Any]], retained: Iterable[Message],
+                sys_info: dict[str, Any]) -> None:
+        """Continue from what storage plugins kept (the ``stored_*`` hooks' answers)."""
+        self.registry.restore(clients, subscriptions, inflight)
+        for message in retained:
+            self.router.retained.set(message.topic, message)
+        for key in ("messages_received", "messages_sent", "messages_dropped",
+                    "connections_total"):
+            if key in sys_info:
+                setattr(self.stats, key, int(sys_info[key]))
+
+    def counts(self) -> dict[str, int]:
+        """Sessions, subscriptions and retained messages, for ``sys_info``."""
+        return {
+            "sessions": len(self.registry.sessions),
+            "subscriptions": len(self.router.subscriptions),
+            "retained_messages": len(self.router.retained),
+        }

@@ -1,0 +1,150 @@
+"""A connection's outbox: what the broker has to say to one client, framed for it.
+
+The rule: the outbox never blocks and never does I/O. Everything sent to a client goes
+through it: it frames deliveries for the client's protocol level, assigns outbound topic
+aliases, withholds what exceeds the client's Maximum Packet Size, and counts what waits
+for the socket; the listener's driver takes the bytes once per event-loop turn.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from ..codec import MAX_VARINT, encode
+
+if TYPE_CHECKING:
+    from ..api import Client
+    from ..codec import Packet
+    from ..hooks import Hooks
+    from ..message import Message
+
+#: why a delivery was withheld: larger than the client said it accepts
+TOO_LARGE = "larger than the client's maximum"
+#: the largest packet the protocol can carry: a 5-byte fixed header and the largest body
+_PROTOCOL_MAXIMUM = MAX_VARINT + 5
+
+
+class Driver(Protocol):
+    """What a listener provides to move one connection's bytes."""
+
+    @property
+    def backlog(self) -> int:
+        """Frames handed to the transport that it has not been able to send yet."""
+
+    def schedule_flush(self) -> None:
+        """Take the outbox's bytes soon (once per event-loop turn at most); when the
+        connection is closing, close the transport after writing them."""
+
+
+class Outbox:
+    """The bytes waiting to be written to one client, and how to frame them."""
+
+    __slots__ = (
+        "_count", "_driver", "_hooks", "_out", "_owner", "alias_max", "aliases", "level",
+        "max_packet", "sealed",
+    )
+
+    def __init__(self, driver: Driver, hooks: Hooks, owner: Client) -> None:
+        self._driver = driver
+        self._hooks = hooks
+        self._owner = owner
+        self._out: list[bytes] = []
+        self._count = 0
+        #: the protocol level packets are encoded for (set from CONNECT)
+        self.level = 0
+        #: the client's Maximum Packet Size (v5); deliveries above it are not sent
+        self.max_packet = _PROTOCOL_MAXIMUM
+        #: topic aliases assigned towards the client, topic -> alias
+        self.aliases: dict[str, int] = {}
+        #: the client's Topic Alias Maximum (0: it allowed none)
+        self.alias_max = 0
+        #: nothing more is accepted (the connection is closing)
+        self.sealed = False
+
+    @property
+    def backlog(self) -> int:
+        """Frames written and not yet sent: waiting here or stuck in the transport."""
+        return self._count + self._driver.backlog
+
+    def write(self, data: bytes) -> None:
+        """Queue encoded bytes; never blocks."""
+        if self.sealed:
+            return
+        self._out.append(data)
+        self._count += 1
+        if self._count == 1:
+            self._driver.schedule_flush()
+
+    def take(self) -> tuple[bytes, int]:
+        """Everything written since the last call, as one buffer, and how many frames."""
+        count = self._count
+        if not count:
+            return b"", 0
+        out = self._out
+        self._out = []
+        self._count = 0
+        return (out[0] if count == 1 else b"".join(out)), count
+
+    def flush_soon(self) -> None:
+        self._driver.schedule_flush()
+
+    def send(self, packet: Packet) -> None:
+        """Encode and queue a packet, through the packet hooks when plugins have them."""
+        hooks = self._hooks
+        if hooks.on_packet_encode is not None:
+            packet = hooks.on_packet_encode(self._owner, packet)
+        data = encode(packet, self.level or 4)
+        self.write(data)
+        if hooks.on_packet_sent is not None:
+            hooks.on_packet_sent(self._owner, packet, data)
+
+    def publish(self, message: Message, qos: int, retain: bool, packet_id: int = 0,
+                subscription_ids: tuple[int, ...] = (), dup: bool = False,
+                now: float | None = None) -> str | None:
+        """Frame and queue one delivery; returns why it was withheld, or None. ``now``
+        is the engine's time, for a message with an expiry interval."""
+        level = self.level
+        alias = 0
+        known = False
+        if self.alias_max:
+            frame, alias, known = self._frame_aliased(message, qos, retain, packet_id,
+                                                      subscription_ids, dup, now)
+        else:
+            frame = message.frame(level, qos, retain, packet_id, subscription_ids, dup,
+                                  now=now)
+        if len(frame) > self.max_packet:
+            return TOO_LARGE
+        if self._hooks.packet_hooks:
+            self.send(message.publish(level, qos, retain, packet_id, subscription_ids, dup,
+                                      alias, known, now))
+        else:
+            self.write(frame)
+        return None
+
+    def _frame_aliased(
+        self, message: Message, qos: int, retain: bool, packet_id: int,
+        subscription_ids: tuple[int, ...], dup: bool, now: float | None,
+    ) -> tuple[bytes, int, bool]:
+        """Frame a delivery to a client that accepts topic aliases: (frame, alias, known).
+
+        The first delivery on a topic carries the topic and a new alias, later ones only
+        the alias. An alias is taken only when its frame fits the client's maximum, so
+        the client has seen every alias it is later sent without a topic.
+        """
+        level = self.level
+        aliases = self.aliases
+        alias = aliases.get(message.topic)
+        if alias is not None:
+            frame = message.frame(level, qos, retain, packet_id, subscription_ids, dup,
+                                  alias, True, now)
+            return frame, alias, True
+        if len(aliases) >= self.alias_max:
+            # all taken: topics beyond the client's maximum travel by name
+            frame = message.frame(level, qos, retain, packet_id, subscription_ids, dup, now=now)
+            return frame, 0, False
+        alias = len(aliases) + 1
+        frame = message.frame(level, qos, retain, packet_id, subscription_ids, dup, alias,
+                              now=now)
+        if len(frame) <= self.max_packet:
+            aliases[message.topic] = alias
+        return frame, alias, False

@@ -1,0 +1,236 @@
+"""The PUBLISH flow and the acknowledgement flows, both ways.
+
+The rule: an inbound PUBLISH is checked (alias, limits, QoS 2 packet id, payload format,
+``$`` topics, the ACL), offered to ``on_publish`` (an ``ask``), routed, reported, and
+only then acknowledged; PUBACK, PUBREC, PUBREL and PUBCOMP from the client move its
+session's QoS flows and refill its inflight window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..codec import (
+    PROTOCOL_5,
+    Property,
+    ProtocolViolation,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    ReasonCode,
+    RemoteProtocolError,
+)
+from ..errors import RejectPublish
+from ..message import Message
+from ._ask import Ask, ask
+
+if TYPE_CHECKING:
+    from ..config import BrokerSettings
+    from ..hooks import Hooks
+    from ..stats import Stats
+    from ._access import Access
+    from ._connection import Connection
+    from ._router import Router
+
+log = logging.getLogger("midge.broker")
+
+
+def problem_props(conn: Connection, reason: str) -> dict[int, Any]:
+    """A Reason String for a packet other than CONNACK/DISCONNECT, when the client
+    allows one (v5, Request Problem Information not 0)."""
+    if reason and conn.problem_info and conn.v5:
+        return {Property.REASON_STRING: reason}
+    return {}
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class PublishFlow:
+    """What a client's PUBLISH, PUBACK, PUBREC, PUBREL and PUBCOMP do."""
+
+    def __init__(self, limits: BrokerSettings, hooks: Hooks, stats: Stats, access: Access,
+                 router: Router, clock: Callable[[], float]) -> None:
+        self._limits = limits
+        self._hooks = hooks
+        self._stats = stats
+        self._access = access
+        self._router = router
+        self._clock = clock
+
+    # -- PUBLISH from the client -----------------------------------------------------------
+
+    def publish(self, conn: Connection, packet: Publish) -> Ask | None:
+        session = conn.session
+        assert session is not None
+        v5 = conn.v5
+        if v5 and Property.TOPIC_ALIAS in packet.properties:
+            self._resolve_alias(conn, packet)
+        topic = packet.topic
+        self._access.check_topic(topic, ReasonCode.TOPIC_NAME_INVALID)
+        limits = self._limits
+        if packet.qos > limits.maximum_qos:
+            raise RemoteProtocolError(
+                ReasonCode.QOS_NOT_SUPPORTED,
+                f"PUBLISH QoS {packet.qos} exceeds the maximum QoS {limits.maximum_qos}",
+            )
+        if packet.retain and not limits.retain_available:
+            raise RemoteProtocolError(ReasonCode.RETAIN_NOT_SUPPORTED,
+                                      "retained PUBLISH but retain is not available")
+        self._stats.messages_received += 1
+        if packet.qos == 2:
+            if packet.packet_id in session.inbound_qos2:
+                if packet.dup or not v5:
+                    # a resent duplicate: acknowledge, don't route [MQTT-4.3.3-10]
+                    conn.send(PubRec(packet.packet_id))
+                    return None
+                # DUP=0 is a first attempt [MQTT-3.3.1-1]: a new message on a packet id
+                # still awaiting PUBREL. It is not routed (no duplicates onward,
+                # [MQTT-4.3.3-10]) and the client is told 0x91; after a PUBREC of 0x80
+                # or above the id starts afresh [MQTT-4.3.3-9]
+                log.warning("client %s reused packet id %d before releasing it; "
+                            "answered 0x91", conn.client_id, packet.packet_id)
+                session.inbound_qos2.discard(packet.packet_id)
+                self._acknowledge(conn, packet, ReasonCode.PACKET_IDENTIFIER_IN_USE,
+                                  "packet identifier in use")
+                return None
+            if len(session.inbound_qos2) >= limits.receive_maximum:
+                raise RemoteProtocolError(
+                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+                    f"more than {limits.receive_maximum} QoS 2 messages unacknowledged",
+                )
+        if (v5 and packet.properties.get(Property.PAYLOAD_FORMAT_INDICATOR) == 1
+                and not _is_utf8(packet.payload)):
+            # declared UTF-8 but is not: refused, not routed (MQTT 5 3.3.2.3.2)
+            if not packet.qos:
+                raise RemoteProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID,
+                                          "payload declared UTF-8 is not valid UTF-8")
+            log.warning("client %s published a payload declared UTF-8 that is not; dropped",
+                        conn.client_id)
+            self._acknowledge(conn, packet, ReasonCode.PAYLOAD_FORMAT_INVALID,
+                              "payload is not valid UTF-8")
+            return None
+        if topic.startswith("$"):
+            log.warning("client %s may not publish to %s; dropped", conn.client_id, topic)
+            self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
+            return None
+        if not self._access.allowed(conn, topic, True):
+            log.warning("client %s is not authorized to publish to %s; dropped",
+                        conn.client_id, topic)
+            self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
+            return None
+        hook = self._hooks.on_publish
+        if hook is None:
+            self._accepted(conn, packet)
+            return None
+        return ask(hook, (conn, packet), packet, self._published, conn, packet)
+
+    def _published(self, conn: Connection, packet: Publish, accepted: Publish | None,
+                   error: BaseException | None) -> None:
+        """``on_publish`` answered: route what it returned, or acknowledge its rejection."""
+        if isinstance(error, RejectPublish):
+            self._acknowledge(conn, packet, error.reason_code, error.reason)
+            return
+        if error is not None:
+            raise error
+        if not conn.connected:
+            return  # the connection went away while plugins were deciding
+        self._accepted(conn, accepted if isinstance(accepted, Publish) else packet)
+
+    def _accepted(self, conn: Connection, packet: Publish) -> None:
+        message = Message(packet.topic, packet.payload, packet.qos, packet.retain,
+                          packet.properties, conn.client_id, self._clock())
+        delivered = self._router.route(message, conn)
+        if self._hooks.on_published is not None:
+            self._hooks.on_published(conn, packet)
+        if packet.qos:
+            code = ReasonCode.SUCCESS if delivered else ReasonCode.NO_MATCHING_SUBSCRIBERS
+            self._acknowledge(conn, packet, code)
+
+    def _resolve_alias(self, conn: Connection, packet: Publish) -> None:
+        """Apply an inbound Topic Alias: set it (with a topic) or use it (without)."""
+        alias = packet.properties[Property.TOPIC_ALIAS]
+        maximum = self._limits.topic_alias_maximum
+        if not 0 < alias <= maximum:
+            raise RemoteProtocolError(
+                ReasonCode.TOPIC_ALIAS_INVALID,
+                f"topic alias {alias} is outside 1..{maximum}" if maximum
+                else "topic alias used but the maximum is 0",
+            )
+        if packet.topic:
+            conn.aliases_in[alias] = packet.topic
+            return
+        topic = conn.aliases_in.get(alias)
+        if topic is None:
+            raise ProtocolViolation(f"topic alias {alias} was never set on this connection")
+        packet.topic = topic
+
+    def _acknowledge(self, conn: Connection, packet: Publish, code: int,
+                     reason: str = "") -> None:
+        props: dict[int, Any] = {}
+        if conn.protocol_level != PROTOCOL_5:
+            code = ReasonCode.SUCCESS
+        elif reason:
+            props = problem_props(conn, reason)
+        if packet.qos == 1:
+            conn.send(PubAck(packet.packet_id, code, props))
+        elif packet.qos == 2:
+            if code < ReasonCode.UNSPECIFIED_ERROR:
+                assert conn.session is not None
+                conn.session.inbound_qos2.add(packet.packet_id)
+            conn.send(PubRec(packet.packet_id, code, props))
+
+    # -- acknowledgements from the client --------------------------------------------------
+
+    def puback(self, conn: Connection, packet: PubAck) -> None:
+        session = conn.session
+        assert session is not None
+        if session.puback(packet.packet_id) is not None:
+            if self._hooks.on_qos_complete is not None:
+                self._hooks.on_qos_complete(conn, packet.packet_id)
+            if session.pending:
+                self._router.pump(conn, session)
+
+    def pubrec(self, conn: Connection, packet: PubRec) -> None:
+        session = conn.session
+        assert session is not None
+        if packet.reason_code >= ReasonCode.UNSPECIFIED_ERROR:
+            if session.drop(packet.packet_id) is not None and self._hooks.on_qos_dropped:
+                self._hooks.on_qos_dropped(
+                    conn, packet.packet_id, f"PUBREC 0x{packet.reason_code:02X}"
+                )
+            self._router.pump(conn, session)
+            return
+        if session.pubrec(packet.packet_id) is None and conn.v5:
+            conn.send(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+            return
+        conn.send(PubRel(packet.packet_id))
+
+    def pubrel(self, conn: Connection, packet: PubRel) -> None:
+        session = conn.session
+        assert session is not None
+        pid = packet.packet_id
+        if pid in session.inbound_qos2:
+            session.inbound_qos2.discard(pid)
+            conn.send(PubComp(pid))
+        elif conn.v5:
+            conn.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+        else:
+            conn.send(PubComp(pid))
+
+    def pubcomp(self, conn: Connection, packet: PubComp) -> None:
+        session = conn.session
+        assert session is not None
+        if session.pubcomp(packet.packet_id) is not None:
+            if self._hooks.on_qos_complete is not None:
+                self._hooks.on_qos_complete(conn, packet.packet_id)
+            self._router.pump(conn, session)

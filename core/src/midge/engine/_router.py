@@ -1,0 +1,307 @@
+"""The router: subscriptions, retained messages, and delivery into outboxes and queues.
+
+The rule: routing never awaits. A message is matched against the trie, retained, and
+appended to each subscriber's outbox (QoS 0, or QoS 1/2 with a free inflight slot) or
+session queue before the next packet is read; a slow subscriber only fills its own
+queue. ``Subscriptions`` is the one owner of who subscribes to what: the trie and each
+session's own set change together.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..codec import PubRel, Subscription
+from ..message import Message
+from ..session import Enqueued, Outbound, Session
+from ..topics import RetainedIndex, SharedGroup, SubscriptionTrie
+
+if TYPE_CHECKING:
+    from ..config import BrokerSettings
+    from ..hooks import Hooks
+    from ..stats import Stats
+    from ._access import Access
+    from ._connection import Connection
+
+log = logging.getLogger("midge.broker")
+
+#: an inline subscriber: called with each matching message, never awaited
+Sink = Callable[[Message], None]
+
+
+class Subscriptions:
+    """Every session's subscriptions: the trie and the sessions' sets kept together."""
+
+    __slots__ = ("trie",)
+
+    def __init__(self) -> None:
+        self.trie = SubscriptionTrie()
+
+    def __len__(self) -> int:
+        return len(self.trie)
+
+    def add(self, session: Session, sub: Subscription, subscription_id: int = 0) -> bool:
+        """Add or replace a subscription; True when it is new."""
+        new = self.trie.add(session.client_id, sub, subscription_id)
+        session.subscriptions[sub.topic_filter] = (sub, subscription_id)
+        return new
+
+    def remove(self, session: Session, topic_filter: str) -> bool:
+        """Remove a subscription; False when there was none."""
+        session.subscriptions.pop(topic_filter, None)
+        return self.trie.remove(session.client_id, topic_filter)
+
+    def clear(self, session: Session) -> None:
+        """Remove every subscription of a session."""
+        for topic_filter in session.subscriptions:
+            self.trie.remove(session.client_id, topic_filter)
+        session.subscriptions.clear()
+
+
+class Router:
+    """Retains and delivers messages: to connected clients, session queues and sinks."""
+
+    def __init__(
+        self, limits: BrokerSettings, hooks: Hooks, stats: Stats, access: Access,
+        clock: Callable[[], float], clients: dict[str, Connection],
+        sessions: dict[str, Session],
+    ) -> None:
+        self._hooks = hooks
+        self._stats = stats
+        self._access = access
+        self._clock = clock
+        self._max_queued = limits.max_queued_messages
+        #: connected clients (CONNACK sent) by client id, shared with the registry
+        self._clients = clients
+        #: every session by client id, shared with the registry
+        self._sessions = sessions
+        self.subscriptions = Subscriptions()
+        self.retained: RetainedIndex[Message] = RetainedIndex()
+        #: (deadline, tie-breaker, message) of retained messages that expire
+        self._retained_expiry: list[tuple[float, int, Message]] = []
+        #: inline subscribers: key -> callback, matched through their own trie
+        self._sinks: dict[str, Sink] = {}
+        self._sink_trie = SubscriptionTrie()
+
+    # -- inline subscribers ----------------------------------------------------------------
+
+    def add_sink(self, key: str, topic_filter: str, sink: Sink) -> None:
+        self._sinks[key] = sink
+        self._sink_trie.add(key, Subscription(topic_filter))
+
+    def remove_sink(self, key: str, topic_filter: str) -> None:
+        if self._sinks.pop(key, None) is not None:
+            self._sink_trie.remove(key, topic_filter)
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def route(self, message: Message, publisher: Connection | None = None) -> int:
+        """Retain and deliver a message to every matching subscriber; returns the count."""
+        hooks = self._hooks
+        if message.retain:
+            self._retain(message, publisher)
+        origin = message.origin
+        trie = self.subscriptions.trie
+        routes = trie.match(message.topic)
+        if trie.shared_count:
+            groups = trie.match_shared(message.topic)
+            if groups:
+                routes = list(routes)
+                for group in groups:
+                    chosen = self.choose_member(group)
+                    if chosen is not None:
+                        routes.append(group.route(chosen))
+        if hooks.on_select_subscribers is not None:
+            routes = hooks.on_select_subscribers(message, list(routes))
+        delivered = 0
+        for route in routes:
+            if route.client_id == origin:
+                qos = route.qos_if_own
+                if qos < 0:
+                    continue
+            else:
+                qos = route.qos
+            if message.qos < qos:
+                qos = message.qos
+            self.deliver(
+                route.client_id, message, qos,
+                message.retain and route.retain_as_published, route.subscription_ids,
+            )
+            delivered += 1
+        if self._sinks:
+            for sink_route in self._sink_trie.match(message.topic):
+                self._sinks[sink_route.client_id](message)
+                delivered += 1
+        return delivered
+
+    def _retain(self, message: Message, publisher: Connection | None) -> None:
+        if message.payload:
+            self.retained.set(message.topic, message)
+            if message.expires_at is not None:
+                heapq.heappush(self._retained_expiry, (message.expires_at, id(message), message))
+        else:
+            self.retained.discard(message.topic)
+        if self._hooks.on_retain_message is not None:
+            self._hooks.on_retain_message(publisher, message, bool(message.payload))
+
+    def choose_member(self, group: SharedGroup) -> str | None:
+        """The member of a shared subscription group to get the next message.
+
+        Round-robin over the members, preferring a connected one with a free inflight
+        slot, then any connected one, then an offline persistent one (which queues it).
+        """
+        order = group.order()
+        count = len(order)
+        if not count:
+            return None
+        start = group.cursor % count
+        connected = offline = -1
+        pick = -1
+        clients = self._clients
+        for step in range(count):
+            index = (start + step) % count
+            conn = clients.get(order[index])
+            if conn is None:
+                if offline < 0:
+                    offline = index
+                continue
+            session = conn.session
+            if session is None or (not session.pending
+                                   and len(session.inflight) < session.max_inflight):
+                pick = index
+                break
+            if connected < 0:
+                connected = index
+        if pick < 0:
+            pick = connected if connected >= 0 else offline
+        group.cursor = pick + 1
+        return order[pick]
+
+    def deliver(
+        self, client_id: str, message: Message, qos: int, retain: bool,
+        subscription_ids: tuple[int, ...] = (),
+    ) -> None:
+        """Send one message to one client now, or queue it in its session."""
+        conn = self._clients.get(client_id)
+        now = None
+        if message.expires_at is not None:
+            now = self._clock()
+            if message.expires_at <= now:
+                return self.dropped(conn, message, "message expired")
+        if not qos:
+            if conn is None:
+                return None
+            outbox = conn.outbox
+            if outbox.backlog >= self._max_queued:
+                return self.dropped(conn, message, "outbound buffer full")
+            if not self._access.allowed(conn, message.topic, False):
+                return self.dropped(conn, message, "not authorized")
+            why = outbox.publish(message, 0, retain, 0, subscription_ids, now=now)
+            if why is not None:
+                return self.dropped(conn, message, why)
+            self._stats.messages_sent += 1
+            return None
+        session = self._sessions.get(client_id)
+        if session is None:
+            return None
+        out = Outbound(message, qos, retain, subscription_ids)
+        result = session.enqueue(out)
+        if result is Enqueued.SEND:
+            assert conn is not None
+            self.write_publish(conn, out)
+        elif result is Enqueued.DROPPED:
+            self.dropped(conn, message, "session queue full")
+        elif (result is Enqueued.NO_PACKET_ID and conn is not None
+              and self._hooks.on_packet_id_exhausted is not None):
+            self._hooks.on_packet_id_exhausted(conn, message)
+        return None
+
+    def dropped(self, conn: Connection | None, message: Message, reason: str) -> None:
+        self._stats.messages_dropped += 1
+        log.debug("message to %s for %s dropped: %s", message.topic,
+                  conn.client_id if conn else "an offline client", reason)
+        if self._hooks.on_publish_dropped is not None:
+            self._hooks.on_publish_dropped(conn, message, reason)
+
+    def write_publish(self, conn: Connection, out: Outbound, dup: bool = False) -> None:
+        """Write a QoS 1/2 delivery that holds a packet id (or abandon it)."""
+        message = out.message
+        hooks = self._hooks
+        if not self._access.allowed(conn, message.topic, False):
+            why: str | None = "not authorized"
+        else:
+            now = None if message.expires_at is None else self._clock()
+            why = conn.outbox.publish(message, out.qos, out.retain, out.packet_id,
+                                      out.subscription_ids, dup, now)
+        if why is not None:
+            # complete the flow on the client's behalf so the queue behind it moves
+            session = conn.session
+            if session is not None:
+                session.drop(out.packet_id)
+            if hooks.on_qos_dropped is not None:
+                hooks.on_qos_dropped(conn, out.packet_id, why)
+            return self.dropped(conn, message, why)
+        self._stats.messages_sent += 1
+        if hooks.on_qos_publish is not None:
+            hooks.on_qos_publish(conn, message, out.packet_id, dup)
+        return None
+
+    def pump(self, conn: Connection, session: Session) -> None:
+        """Move queued deliveries into free inflight slots and send them."""
+        # a delivery abandoned by write_publish frees its slot at once; refill until
+        # nothing moves, or the queue behind it stalls for good
+        while ready := session.sendable(self._clock()):
+            for out in ready:
+                self.write_publish(conn, out)
+        if session.expired:
+            expired, session.expired = session.expired, []
+            for out in expired:
+                self.dropped(conn, out.message, "message expired")
+
+    def resume(self, conn: Connection, session: Session) -> None:
+        """A session is live again on ``conn``: resend what is unfinished, with DUP (or
+        PUBREL for a QoS 2 delivery past PUBREC), then what waits in the queue."""
+        for out in session.resume():
+            if out.released:
+                conn.send(PubRel(out.packet_id))
+            else:
+                self.write_publish(conn, out, dup=True)
+        self.pump(conn, session)
+
+    # -- retained messages -----------------------------------------------------------------
+
+    def retained_for(self, topic_filter: str) -> list[Message]:
+        """The retained messages matching a filter; expired ones are removed on the way."""
+        messages = self.retained.match(topic_filter)
+        now = 0.0
+        for message in messages:
+            if message.expires_at is not None:
+                now = now or self._clock()
+                if message.expires_at <= now:
+                    break
+        else:
+            return messages
+        live: list[Message] = []
+        for message in messages:
+            if message.expired(now):
+                self._expire_retained(message)
+            else:
+                live.append(message)
+        return live
+
+    def tick(self, now: float) -> None:
+        """Remove the retained messages that expired by ``now``."""
+        expiry = self._retained_expiry
+        while expiry and expiry[0][0] <= now:
+            _, _, message = heapq.heappop(expiry)
+            self._expire_retained(message)
+
+    def _expire_retained(self, message: Message) -> None:
+        if self.retained.get(message.topic) is message:
+            self.retained.discard(message.topic)
+            log.debug("retained message on %s expired", message.topic)
+            if self._hooks.on_retained_expired is not None:
+                self._hooks.on_retained_expired(message.topic)
