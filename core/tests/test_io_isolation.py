@@ -1,4 +1,4 @@
-"""The sans-I/O modules (codec, session, topics, message) import no I/O library.
+"""The sans-I/O modules (codec, model, ports, hooks, engine) import no I/O library.
 
 Each check runs in a fresh interpreter, so modules imported by other tests do not count.
 """
@@ -11,7 +11,10 @@ import sys
 import pytest
 
 IO_MODULES = ("anyio", "asyncio", "socket", "ssl", "selectors", "trio", "uvloop")
-SANS_IO = ("midge.codec", "midge.session", "midge.topics", "midge.message")
+SANS_IO = (
+    "midge.codec", "midge.session", "midge.topics", "midge.message", "midge.api",
+    "midge.hooks", "midge.engine",
+)
 
 _PROBE = """
 import importlib, sys

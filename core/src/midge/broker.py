@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -74,6 +74,10 @@ class Broker:
         #: plugins whose deferred calls are being run, and an event for when none are
         self._workers: set[str] = set()
         self._drained: anyio.Event | None = None
+        #: cancel scopes of plugin tasks and deferred-call workers: shielded, so that only
+        #: the shutdown sequence ends them, in its order, whatever cancels the caller
+        self._task_scopes: set[anyio.CancelScope] = set()
+        self._worker_scopes: set[anyio.CancelScope] = set()
 
     @property
     def stats(self) -> Stats:
@@ -160,12 +164,15 @@ class Broker:
             if engine.connections:
                 log.warning("%d connections did not close within %s s; dropped",
                             len(engine.connections), timeout)
-        await self._leave(self._groups.pop())  # connections
-        await self._leave(self._groups.pop())  # plugin tasks
+        # a caller's cancellation arriving meanwhile is held until every step has run
+        cancelled = await self._leave(self._groups.pop())  # connections
+        cancelled = await self._leave(self._groups.pop(), self._task_scopes) or cancelled
         await self._drain(timeout)
-        await self._leave(self._groups.pop())  # service
+        cancelled = await self._leave(self._groups.pop(), self._worker_scopes) or cancelled
         self.hooks.wake = None
         await self._stopped(timeout)
+        if cancelled is not None:
+            raise cancelled
 
     async def _close_listeners(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -175,18 +182,27 @@ class Broker:
     async def _unwind(self) -> None:
         """Undo a start that failed half way (no hooks run)."""
         while self._groups:
-            await self._leave(self._groups.pop())
+            await self._leave(self._groups.pop())  # the failure being raised says enough
         await self._close_listeners()
         self.hooks.wake = None
         self.hooks.discard_deferred()
         self._stop = None
 
-    async def _leave(self, group: TaskGroup) -> None:
+    async def _leave(self, group: TaskGroup,
+                     shielded: Iterable[anyio.CancelScope] = ()) -> BaseException | None:
+        """Cancel a task group (and the shielded scopes of its tasks) and wait for it;
+        returns the caller's own cancellation if it arrived meanwhile (the group is left
+        all the same)."""
+        for scope in list(shielded):
+            scope.cancel()
         group.cancel_scope.cancel()
         try:
             await group.__aexit__(None, None, None)
+        except anyio.get_cancelled_exc_class() as exc:
+            return exc
         except Exception:
             log.exception("a broker task failed while shutting down")
+        return None
 
     async def _stopped(self, timeout: float) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(timeout) as scope:
@@ -215,17 +231,20 @@ class Broker:
 
     async def _work(self, plugin: str) -> None:
         queue = self.hooks.deferred[plugin]
-        try:
-            while queue:
-                what, awaitable = queue.popleft()
-                try:
-                    await awaitable
-                except Exception:
-                    plugins_log.exception("plugin %s failed in %s", plugin, what)
-        finally:
-            self._workers.discard(plugin)
-            if not self._workers and self._drained is not None:
-                self._drained.set()
+        with anyio.CancelScope(shield=True) as scope:
+            self._worker_scopes.add(scope)
+            try:
+                while queue:
+                    what, awaitable = queue.popleft()
+                    try:
+                        await awaitable
+                    except Exception:
+                        plugins_log.exception("plugin %s failed in %s", plugin, what)
+            finally:
+                self._worker_scopes.discard(scope)
+                self._workers.discard(plugin)
+                if not self._workers and self._drained is not None:
+                    self._drained.set()
 
     async def _drain(self, timeout: float) -> None:
         """Let the deferred calls finish within ``timeout``; count and log the rest."""
@@ -253,10 +272,14 @@ class Broker:
         label = name or getattr(func, "__qualname__", repr(func))
 
         async def guarded() -> None:
-            try:
-                await func(*args)
-            except Exception:
-                plugins_log.exception("plugin task %s failed", label)
+            with anyio.CancelScope(shield=True) as scope:
+                self._task_scopes.add(scope)
+                try:
+                    await func(*args)
+                except Exception:
+                    plugins_log.exception("plugin task %s failed", label)
+                finally:
+                    self._task_scopes.discard(scope)
 
         self._groups[1].start_soon(guarded, name=label)
 

@@ -46,7 +46,13 @@ class BrokerSettings:
     )
     max_queued_messages: int = _limit(
         1000, 1, 10_000_000,
-        "deliveries waiting per client, in its session queue (QoS 1/2) or socket buffer (QoS 0)",
+        "deliveries waiting per client: QoS 1/2 in its session queue, QoS 0 in its socket "
+        "(frames the socket has not taken)",
+    )
+    max_queued_bytes: int = _limit(
+        64 * 1024 * 1024, 1024, 1 << 40,
+        "bytes of QoS 0 deliveries waiting for one client (written and not yet taken by its "
+        "socket); beyond it QoS 0 messages to that client are dropped and counted",
     )
     session_expiry_max: int = _limit(
         4_294_967_295, 0, 4_294_967_295, "cap on a v5 session expiry interval, in seconds"

@@ -31,6 +31,10 @@ class Driver(Protocol):
     def backlog(self) -> int:
         """Frames handed to the transport that it has not been able to send yet."""
 
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes handed to the transport that it has not been able to send yet."""
+
     def schedule_flush(self) -> None:
         """Take the outbox's bytes soon (once per event-loop turn at most); when the
         connection is closing, close the transport after writing them."""
@@ -40,8 +44,8 @@ class Outbox:
     """The bytes waiting to be written to one client, and how to frame them."""
 
     __slots__ = (
-        "_count", "_driver", "_hooks", "_out", "_owner", "alias_max", "aliases", "level",
-        "max_packet", "sealed",
+        "_bytes", "_count", "_driver", "_hooks", "_out", "_owner", "alias_max", "aliases",
+        "level", "max_packet", "sealed",
     )
 
     def __init__(self, driver: Driver, hooks: Hooks, owner: Client) -> None:
@@ -50,6 +54,7 @@ class Outbox:
         self._owner = owner
         self._out: list[bytes] = []
         self._count = 0
+        self._bytes = 0
         #: the protocol level packets are encoded for (set from CONNECT)
         self.level = 0
         #: the client's Maximum Packet Size (v5); deliveries above it are not sent
@@ -63,8 +68,15 @@ class Outbox:
 
     @property
     def backlog(self) -> int:
-        """Frames written and not yet sent: waiting here or stuck in the transport."""
-        return self._count + self._driver.backlog
+        """Frames the transport has not been able to send: what really waits for a slow
+        client. What this loop turn wrote is not counted: it goes out at the turn's end,
+        however much one read or one SUBSCRIBE produced."""
+        return self._driver.backlog
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting for the client: written this turn, or stuck in the transport."""
+        return self._bytes + self._driver.backlog_bytes
 
     def write(self, data: bytes) -> None:
         """Queue encoded bytes; never blocks."""
@@ -72,6 +84,7 @@ class Outbox:
             return
         self._out.append(data)
         self._count += 1
+        self._bytes += len(data)
         if self._count == 1:
             self._driver.schedule_flush()
 
@@ -83,6 +96,7 @@ class Outbox:
         out = self._out
         self._out = []
         self._count = 0
+        self._bytes = 0
         return (out[0] if count == 1 else b"".join(out)), count
 
     def flush_soon(self) -> None:

@@ -74,6 +74,7 @@ class Router:
         self._access = access
         self._clock = clock
         self._max_queued = limits.max_queued_messages
+        self._max_queued_bytes = limits.max_queued_bytes
         #: connected clients (CONNACK sent) by client id, shared with the registry
         self._clients = clients
         #: every session by client id, shared with the registry
@@ -195,7 +196,8 @@ class Router:
             if conn is None:
                 return None
             outbox = conn.outbox
-            if outbox.backlog >= self._max_queued:
+            if (outbox.backlog >= self._max_queued
+                    or outbox.queued_bytes >= self._max_queued_bytes):
                 return self.dropped(conn, message, "outbound buffer full")
             if not self._access.allowed(conn, message.topic, False):
                 return self.dropped(conn, message, "not authorized")

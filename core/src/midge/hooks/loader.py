@@ -12,13 +12,15 @@ import inspect
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PluginConfigError
 from .dispatch import Hooks, PluginError
 from .specs import RULES
+
+if TYPE_CHECKING:
+    from importlib import metadata
 
 ENTRY_POINT_GROUP = "midge.plugins"
 
@@ -48,6 +50,10 @@ class PluginInfo:
 
 def discover() -> dict[str, PluginInfo]:
     """Every installed plugin, by name."""
+    # imported here: importlib.metadata pulls in email and socket, which the sans-I/O
+    # layers must not load
+    from importlib import metadata
+
     found: dict[str, PluginInfo] = {}
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist

@@ -175,15 +175,26 @@ class AsyncioDriver(asyncio.Protocol):
             # half-close: our last words go out, then FIN; the client may still be sending
             # (PUBRELs after a DISCONNECT, say), and closing outright would answer those
             # with a reset that can destroy the DISCONNECT before the client reads it
-            if transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
             self._abort_handle = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
+            try:
+                if transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+            except OSError:
+                # the peer reset the connection meanwhile: nothing left to say
+                transport.abort()
 
     @property
     def backlog(self) -> int:
         return self.paused_frames
+
+    @property
+    def backlog_bytes(self) -> int:
+        transport = self.transport
+        if transport is None or self._closed:
+            return 0
+        return transport.get_write_buffer_size()
 
 
 # -- anyio streams: a reader task and a writer task per connection -------------------------
@@ -242,6 +253,10 @@ class StreamDriver:
 
     @property
     def backlog(self) -> int:
+        return 0  # a send in progress holds what the stream has not taken
+
+    @property
+    def backlog_bytes(self) -> int:
         return 0
 
     def schedule_flush(self) -> None:
