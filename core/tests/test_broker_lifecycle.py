@@ -225,3 +225,54 @@ async def test_v5_clients_are_told_0x8b_at_shutdown() -> None:
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             pass
     assert isinstance(packets[-1], Disconnect) and packets[-1].reason_code == 0x8B
+
+
+async def test_no_client_is_accepted_before_on_started_has_finished() -> None:
+    plugin = Lifespan()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    port = blocker.getsockname()[1]
+    blocker.close()
+
+    async def eager() -> None:
+        # keep trying from before the broker starts; the first CONNECT that gets through
+        # must come after on_started
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    stream = await anyio.connect_tcp("127.0.0.1", port)
+                except OSError:
+                    await anyio.sleep(0.01)
+                    continue
+                await stream.send(encode(Connect("eager", 4), 4))
+                await anyio.sleep(0.5)
+                await stream.aclose()
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(eager)
+        await anyio.sleep(0.05)
+        async with Broker(settings(port), plugins=[("lifespan", plugin)]):
+            await anyio.sleep(0.6)
+    assert plugin.events.index("started") < plugin.events.index("client eager")
+
+
+def test_deferred_calls_are_bounded_per_plugin(caplog: pytest.LogCaptureFixture) -> None:
+    from midge.hooks import Hooks
+    from midge.hooks.dispatch import DEFER_LIMIT
+
+    woken: list[str] = []
+    hooks = Hooks()
+    hooks.wake = woken.append
+
+    async def call() -> None: ...
+
+    for _ in range(DEFER_LIMIT + 5):
+        hooks.defer("greedy", "on_published", call())
+    hooks.defer("other", "on_published", call())
+    assert len(hooks.deferred["greedy"]) == DEFER_LIMIT
+    assert hooks.overflow["greedy"] == 5
+    assert len(hooks.deferred["other"]) == 1
+    assert woken == ["greedy", "other"]  # woken when a queue starts, not per call
+    assert "greedy is 10000 calls behind" in caplog.text
+    assert hooks.discard_deferred() == DEFER_LIMIT + 1

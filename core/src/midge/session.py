@@ -13,6 +13,9 @@ from enum import Enum
 from .codec import Subscription
 from .message import Message
 
+#: packet identifiers run from 1 to this
+PACKET_ID_MAX = 65535
+
 
 class Enqueued(Enum):
     """What ``Session.enqueue`` did with a QoS 1/2 delivery."""
@@ -88,7 +91,7 @@ class Session:
     def enqueue(self, out: Outbound) -> Enqueued:
         """Take a QoS 1/2 delivery; SEND means ``out.packet_id`` is set and it must go now."""
         # with the window as large as the id space, a full window means no id is left
-        exhausted = self.online and len(self.inflight) >= 65535
+        exhausted = self.online and len(self.inflight) >= PACKET_ID_MAX
         if self.online and not self.pending and len(self.inflight) < self.max_inflight:
             pid = self._allocate()
             if pid:
@@ -167,12 +170,12 @@ class Session:
         return count
 
     def _allocate(self) -> int:
-        """A free packet id, or 0 when all 65535 are inflight."""
+        """A free packet id, or 0 when all of them are inflight."""
         inflight = self.inflight
         pid = self._next_id
-        for _ in range(65535):
+        for _ in range(PACKET_ID_MAX):
             if pid not in inflight:
-                self._next_id = pid % 65535 + 1
+                self._next_id = pid % PACKET_ID_MAX + 1
                 return pid
-            pid = pid % 65535 + 1
+            pid = pid % PACKET_ID_MAX + 1
         return 0

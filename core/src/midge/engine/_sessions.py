@@ -22,7 +22,7 @@ from ..codec import (
     Will,
 )
 from ..message import Message
-from ..session import Outbound, Session
+from ..session import PACKET_ID_MAX, Outbound, Session
 
 if TYPE_CHECKING:
     from ..config import BrokerSettings
@@ -64,7 +64,7 @@ class Registry:
         #: v5 wills waiting for their Will Delay Interval: client id -> (deadline, the
         #: closed connection, the will)
         self.pending_wills: dict[str, tuple[float, Connection, Will]] = {}
-        self.max_inflight = limits.max_inflight_messages or 65535
+        self.max_inflight = limits.max_inflight_messages or PACKET_ID_MAX
 
     # -- taking a session ------------------------------------------------------------------
 
