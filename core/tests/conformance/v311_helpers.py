@@ -128,12 +128,15 @@ def expect(raw: RawClient, kind: type[Any], timeout: float = 3.0) -> Any:
 
 def publishes(raw: RawClient, count: int, timeout: float = 5.0,
               ack: bool = True) -> list[Publish]:
-    """Exactly ``count`` PUBLISHes (in arrival order), QoS 1/2 acknowledged when ``ack``."""
+    """Exactly ``count`` PUBLISHes (in arrival order); with ``ack`` each QoS 1/2 flow is
+    completed (PUBACK; PUBREC, then PUBCOMP for the PUBREL) before returning."""
     out: list[Publish] = []
+    releasing: set[int] = set()  # QoS 2: PUBREC sent, PUBREL awaited
     deadline = time.monotonic() + timeout
-    while len(out) < count:
+    while len(out) < count or releasing:
         packet = raw.recv(max(0.05, deadline - time.monotonic()))
-        if isinstance(packet, PubRel) and ack:
+        if isinstance(packet, PubRel) and packet.packet_id in releasing:
+            releasing.discard(packet.packet_id)
             raw.send(PubComp(packet.packet_id))
             continue
         assert isinstance(packet, Publish), packet
@@ -142,6 +145,7 @@ def publishes(raw: RawClient, count: int, timeout: float = 5.0,
             raw.send(PubAck(packet.packet_id))
         elif ack and packet.qos == 2:
             raw.send(PubRec(packet.packet_id))
+            releasing.add(packet.packet_id)
     return out
 
 
