@@ -15,6 +15,7 @@ from conftest import RawClient
 
 from midge.codec import (
     ConnAck,
+    Connect,
     Packet,
     PubAck,
     PubComp,
@@ -95,6 +96,16 @@ def online(raw_factory: Factory, port: int | None = None, client_id: str = "raw"
     raw: RawClient = raw_factory(port=port, level=level)
     ack = raw.connect(client_id, level, clean_start=clean, **kwargs)
     assert isinstance(ack, ConnAck) and ack.reason_code == 0, ack
+    return raw
+
+
+def reconnect(raw_factory: Factory, client_id: str, level: int = V311,
+              port: int | None = None) -> RawClient:
+    """A clean-session-0 reconnection that must find its session (Session Present 1)."""
+    raw: RawClient = raw_factory(port=port, level=level)
+    raw.send(Connect(client_id, level, clean_start=False))
+    ack = raw.recv()
+    assert ack == ConnAck(0, True), ack
     return raw
 
 
