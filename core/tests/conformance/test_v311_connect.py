@@ -311,15 +311,26 @@ def test_clean_session_1_is_answered_with_session_present_0(
 
 
 @mqtt311("MQTT-3.2.2-2", "MQTT-3.2.2-3")
-@LEVELS
-def test_session_present_tells_whether_a_session_was_stored(
-    raw_factory: Factory, level: int
-) -> None:
-    raw = raw_factory(level=level)
-    assert raw.connect("sp2", level, clean_start=False) == ConnAck(0, False)
+def test_session_present_tells_whether_a_session_was_stored(raw_factory: Factory) -> None:
+    raw = raw_factory()
+    assert raw.connect("sp2", V311, clean_start=False) == ConnAck(0, False)
     raw.close()
-    again = raw_factory(level=level)
-    assert again.connect("sp2", level, clean_start=False) == ConnAck(0, True)
+    again = raw_factory()
+    assert again.connect("sp2", V311, clean_start=False) == ConnAck(0, True)
+
+
+@mqtt311("MQTT-3.2.2-2")
+@pytest.mark.xfail(strict=True, reason=(
+    "midge deviation from MQTT 3.1: a resumed 3.1 session is answered with Session Present "
+    "1, but 3.1 has no such flag (the CONNACK's first byte is reserved, 0)"))
+def test_mqtt_3_1_connack_has_no_session_present_flag(raw_factory: Factory) -> None:
+    raw = raw_factory(level=V31)
+    assert raw.connect("sp31", V31, clean_start=False) == ConnAck(0, False)
+    raw.close()
+    again = raw_factory(level=V31)
+    again.sock.sendall(connect_bytes("sp31", level=V31, flags=0x00))
+    again.sock.settimeout(3)
+    assert again.sock.recv(4) == b"\x20\x02\x00\x00"
 
 
 @mqtt311("MQTT-3.2.0-1", "MQTT-3.1.4-4")
