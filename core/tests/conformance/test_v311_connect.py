@@ -49,13 +49,12 @@ except ImportError:  # pragma: no cover - core/tests/conformance made a package
 
 LEVELS = pytest.mark.parametrize("level", [V311, V31], ids=["3.1.1", "3.1"])
 
-mqtt311 = pytest.mark.mqtt311
 
 
 # -- the first packet, the second CONNECT -------------------------------------------------
 
 
-@mqtt311("MQTT-3.1.0-1", "MQTT-4.8.0-1")
+@pytest.mark.mqtt311("MQTT-3.1.0-1", "MQTT-4.8.0-1")
 @pytest.mark.parametrize("first", [
     pytest.param(b"\xc0\x00", id="PINGREQ"),
     pytest.param(publish_bytes("a/b", b"x"), id="PUBLISH"),
@@ -68,7 +67,7 @@ def test_a_packet_before_connect_closes_the_connection(
     assert assert_rejected(raw_factory(), first) == []
 
 
-@mqtt311("MQTT-3.1.0-2", "MQTT-4.8.0-1")
+@pytest.mark.mqtt311("MQTT-3.1.0-2", "MQTT-4.8.0-1")
 @LEVELS
 def test_a_second_connect_is_a_protocol_violation(raw_factory: Factory, level: int) -> None:
     raw = online(raw_factory, client_id="twice", level=level)
@@ -78,7 +77,7 @@ def test_a_second_connect_is_a_protocol_violation(raw_factory: Factory, level: i
 # -- protocol name and level --------------------------------------------------------------
 
 
-@mqtt311("MQTT-3.1.2-1")
+@pytest.mark.mqtt311("MQTT-3.1.2-1")
 @pytest.mark.parametrize(("name", "level"), [
     ("mqtt", 4), ("MQTX", 4), ("MQIsdp", 4), ("MQTT", 3), ("", 4),
 ])
@@ -90,7 +89,7 @@ def test_a_wrong_protocol_name_is_not_accepted(
     assert all(isinstance(p, ConnAck) and p.reason_code != 0 for p in sent), sent
 
 
-@mqtt311("MQTT-3.1.2-2")
+@pytest.mark.mqtt311("MQTT-3.1.2-2")
 @pytest.mark.parametrize("level", [0, 2, 6, 255])
 def test_an_unsupported_protocol_level_gets_return_code_1_then_close(
     raw_factory: Factory, level: int
@@ -99,7 +98,7 @@ def test_an_unsupported_protocol_level_gets_return_code_1_then_close(
     assert sent == [ConnAck(1)]
 
 
-@mqtt311("MQTT-3.1.2-3", "MQTT-3.1.4-1", "MQTT-3.2.2-6")
+@pytest.mark.mqtt311("MQTT-3.1.2-3", "MQTT-3.1.4-1", "MQTT-3.2.2-6")
 @LEVELS
 def test_the_connect_reserved_flag_must_be_zero(raw_factory: Factory, level: int) -> None:
     assert assert_rejected(raw_factory(), connect_bytes("res", level=level, flags=0x03)) == []
@@ -110,7 +109,7 @@ def test_the_connect_reserved_flag_must_be_zero(raw_factory: Factory, level: int
 WILL = string("will/t") + string(b"bye")
 
 
-@mqtt311("MQTT-3.1.2-11", "MQTT-3.1.2-13", "MQTT-3.1.2-15", "MQTT-3.1.4-1")
+@pytest.mark.mqtt311("MQTT-3.1.2-11", "MQTT-3.1.2-13", "MQTT-3.1.2-15", "MQTT-3.1.4-1")
 @pytest.mark.parametrize("flags", [
     pytest.param(0x0A, id="will-qos-1-without-will"),
     pytest.param(0x12, id="will-qos-2-without-will"),
@@ -122,18 +121,18 @@ def test_will_qos_and_retain_must_be_zero_without_a_will(
     assert assert_rejected(raw_factory(), connect_bytes("w", flags=flags)) == []
 
 
-@mqtt311("MQTT-3.1.2-11", "MQTT-3.1.4-1")
+@pytest.mark.mqtt311("MQTT-3.1.2-11", "MQTT-3.1.4-1")
 def test_will_fields_without_the_will_flag_are_refused(raw_factory: Factory) -> None:
     assert assert_rejected(raw_factory(), connect_bytes("w", flags=0x02, rest=WILL)) == []
 
 
-@mqtt311("MQTT-3.1.2-14", "MQTT-3.1.4-1")
+@pytest.mark.mqtt311("MQTT-3.1.2-14", "MQTT-3.1.4-1")
 def test_will_qos_3_is_refused(raw_factory: Factory) -> None:
     data = connect_bytes("w", flags=0x02 | 0x04 | 0x18, rest=WILL)
     assert assert_rejected(raw_factory(), data) == []
 
 
-@mqtt311("MQTT-3.1.2-9", "MQTT-3.1.4-1")
+@pytest.mark.mqtt311("MQTT-3.1.2-9", "MQTT-3.1.4-1")
 def test_a_will_flag_needs_will_topic_and_message(raw_factory: Factory) -> None:
     data = connect_bytes("w", flags=0x06)
     assert assert_rejected(raw_factory(), data) == []
@@ -141,7 +140,7 @@ def test_a_will_flag_needs_will_topic_and_message(raw_factory: Factory) -> None:
     assert assert_rejected(raw_factory(), half) == []
 
 
-@mqtt311("MQTT-3.1.2-18", "MQTT-3.1.2-20", "MQTT-3.1.4-1")
+@pytest.mark.mqtt311("MQTT-3.1.2-18", "MQTT-3.1.2-20", "MQTT-3.1.4-1")
 def test_user_name_or_password_present_without_its_flag_is_refused(
     raw_factory: Factory
 ) -> None:
@@ -150,14 +149,14 @@ def test_user_name_or_password_present_without_its_flag_is_refused(
     assert assert_rejected(raw_factory(), connect_bytes("u", flags=0x82, rest=both)) == []
 
 
-@mqtt311("MQTT-3.1.2-19", "MQTT-3.1.2-21", "MQTT-3.1.4-1")
+@pytest.mark.mqtt311("MQTT-3.1.2-19", "MQTT-3.1.2-21", "MQTT-3.1.4-1")
 def test_a_user_name_or_password_flag_needs_its_field(raw_factory: Factory) -> None:
     assert assert_rejected(raw_factory(), connect_bytes("u", flags=0x82)) == []
     data = connect_bytes("u", flags=0xC2, rest=string("user"))
     assert assert_rejected(raw_factory(), data) == []
 
 
-@mqtt311("MQTT-3.1.2-22", "MQTT-3.1.4-1")
+@pytest.mark.mqtt311("MQTT-3.1.2-22", "MQTT-3.1.4-1")
 @LEVELS
 def test_a_password_without_a_user_name_is_refused(raw_factory: Factory, level: int) -> None:
     data = connect_bytes("u", level=level, flags=0x42, rest=string(b"pw"))
@@ -180,7 +179,7 @@ class Credentials:
         return True
 
 
-@mqtt311("MQTT-3.1.3-1")
+@pytest.mark.mqtt311("MQTT-3.1.3-1")
 def test_payload_fields_are_read_in_their_order(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:
@@ -198,7 +197,7 @@ def test_payload_fields_are_read_in_their_order(
     assert (will.topic, will.payload, will.qos) == ("order/will", b"last words", 1)
 
 
-@mqtt311("MQTT-3.1.3-3", "MQTT-3.1.4-1", "MQTT-3.2.2-6")
+@pytest.mark.mqtt311("MQTT-3.1.3-3", "MQTT-3.1.4-1", "MQTT-3.2.2-6")
 def test_a_connect_without_a_client_id_field_is_refused(raw_factory: Factory) -> None:
     data = connect_bytes("x")[:-3]  # drop the client id (length 1: 3 bytes)
     data = bytes((data[0], len(data) - 2)) + data[2:]
@@ -208,7 +207,7 @@ def test_a_connect_without_a_client_id_field_is_refused(raw_factory: Factory) ->
 # -- client identifiers -------------------------------------------------------------------
 
 
-@mqtt311("MQTT-3.1.3-5", "MQTT-3.1.4-4")
+@pytest.mark.mqtt311("MQTT-3.1.3-5", "MQTT-3.1.4-4")
 @pytest.mark.parametrize("client_id", [
     "a", "0123456789abcdefghijklm", "ABCDEFGHIJKLMNOPQRSTUVW", "nopqrstuvwxyzXYZ0123456",
 ])
@@ -219,7 +218,7 @@ def test_short_alphanumeric_client_ids_are_accepted(
     assert raw.connect(client_id, V311) == ConnAck(0)
 
 
-@mqtt311("MQTT-3.1.3-6")
+@pytest.mark.mqtt311("MQTT-3.1.3-6")
 def test_an_empty_client_id_gets_a_unique_one(raw_factory: Factory) -> None:
     first = online(raw_factory, client_id="")
     second = online(raw_factory, client_id="")
@@ -232,7 +231,7 @@ def test_an_empty_client_id_gets_a_unique_one(raw_factory: Factory) -> None:
     assert expect(second, Publish).payload == b"both"
 
 
-@mqtt311("MQTT-3.1.3-7", "MQTT-3.1.3-8", "MQTT-3.2.2-4", "MQTT-3.2.2-5")
+@pytest.mark.mqtt311("MQTT-3.1.3-7", "MQTT-3.1.3-8", "MQTT-3.2.2-4", "MQTT-3.2.2-5")
 def test_an_empty_client_id_with_clean_session_0_gets_return_code_2(
     raw_factory: Factory
 ) -> None:
@@ -241,7 +240,7 @@ def test_an_empty_client_id_with_clean_session_0_gets_return_code_2(
     assert raw.closed()
 
 
-@mqtt311("MQTT-3.1.3-9")
+@pytest.mark.mqtt311("MQTT-3.1.3-9")
 def test_mqtt_3_1_refuses_an_empty_client_id_even_with_clean_session(
     raw_factory: Factory
 ) -> None:
@@ -251,7 +250,7 @@ def test_mqtt_3_1_refuses_an_empty_client_id_even_with_clean_session(
     assert raw.closed()
 
 
-@mqtt311("MQTT-3.1.3-9", "MQTT-3.2.2-5")
+@pytest.mark.mqtt311("MQTT-3.1.3-9", "MQTT-3.2.2-5")
 def test_a_rejected_client_id_gets_return_code_2_then_close(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:
@@ -264,7 +263,7 @@ def test_a_rejected_client_id_gets_return_code_2_then_close(
 # -- CONNECT processing -------------------------------------------------------------------
 
 
-@mqtt311("MQTT-3.1.4-2", "MQTT-3.1.3-2")
+@pytest.mark.mqtt311("MQTT-3.1.4-2", "MQTT-3.1.3-2")
 @LEVELS
 def test_a_second_client_with_the_same_id_takes_over(raw_factory: Factory, level: int) -> None:
     old = online(raw_factory, client_id="same", level=level)
@@ -274,7 +273,7 @@ def test_a_second_client_with_the_same_id_takes_over(raw_factory: Factory, level
     assert new.recv() == PingResp()
 
 
-@mqtt311("MQTT-3.1.4-5")
+@pytest.mark.mqtt311("MQTT-3.1.4-5")
 def test_data_after_a_refused_connect_is_not_processed(raw_factory: Factory) -> None:
     raw = raw_factory()
     refused = connect_bytes("", flags=0x00)  # empty id without clean session: refused
@@ -285,7 +284,7 @@ def test_data_after_a_refused_connect_is_not_processed(raw_factory: Factory) -> 
     nothing(late)
 
 
-@mqtt311("MQTT-3.2.2-4", "MQTT-3.2.2-5")
+@pytest.mark.mqtt311("MQTT-3.2.2-4", "MQTT-3.2.2-5")
 def test_a_refusal_never_claims_a_session(broker_factory: Factory, raw_factory: Factory) -> None:
     running = broker_factory(allow_anonymous=False, plugins=[("c", Credentials())])
     keeper = raw_factory(port=running.port)
@@ -298,7 +297,7 @@ def test_a_refusal_never_claims_a_session(broker_factory: Factory, raw_factory: 
     assert back.connect("kept", V311, clean_start=False, username="good") == ConnAck(0, True)
 
 
-@mqtt311("MQTT-3.2.2-1")
+@pytest.mark.mqtt311("MQTT-3.2.2-1")
 @LEVELS
 def test_clean_session_1_is_answered_with_session_present_0(
     raw_factory: Factory, level: int
@@ -310,7 +309,7 @@ def test_clean_session_1_is_answered_with_session_present_0(
     assert raw.connect("sp", level, clean_start=True) == ConnAck(0, False)
 
 
-@mqtt311("MQTT-3.2.2-2", "MQTT-3.2.2-3")
+@pytest.mark.mqtt311("MQTT-3.2.2-2", "MQTT-3.2.2-3")
 def test_session_present_tells_whether_a_session_was_stored(raw_factory: Factory) -> None:
     raw = raw_factory()
     assert raw.connect("sp2", V311, clean_start=False) == ConnAck(0, False)
@@ -319,7 +318,7 @@ def test_session_present_tells_whether_a_session_was_stored(raw_factory: Factory
     assert again.connect("sp2", V311, clean_start=False) == ConnAck(0, True)
 
 
-@mqtt311("MQTT-3.2.2-2")
+@pytest.mark.mqtt311("MQTT-3.2.2-2")
 @pytest.mark.xfail(strict=True, reason=(
     "midge deviation from MQTT 3.1: a resumed 3.1 session is answered with Session Present "
     "1, but 3.1 has no such flag (the CONNACK's first byte is reserved, 0)"))
@@ -333,7 +332,7 @@ def test_mqtt_3_1_connack_has_no_session_present_flag(raw_factory: Factory) -> N
     assert again.sock.recv(4) == b"\x20\x02\x00\x00"
 
 
-@mqtt311("MQTT-3.2.0-1", "MQTT-3.1.4-4")
+@pytest.mark.mqtt311("MQTT-3.2.0-1", "MQTT-3.1.4-4")
 def test_connack_comes_before_any_other_packet(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="first", clean=False)
     subscribe(sub, ("first/t", 1))
@@ -352,7 +351,7 @@ def test_connack_comes_before_any_other_packet(raw_factory: Factory) -> None:
 # -- keep alive ---------------------------------------------------------------------------
 
 
-@mqtt311("MQTT-3.1.2-24", "MQTT-3.1.2-8")
+@pytest.mark.mqtt311("MQTT-3.1.2-24", "MQTT-3.1.2-8")
 @LEVELS
 def test_a_silent_client_is_disconnected_after_one_and_a_half_keepalives(
     raw_factory: Factory, level: int
@@ -369,7 +368,7 @@ def test_a_silent_client_is_disconnected_after_one_and_a_half_keepalives(
     assert expect(watcher, Publish).payload == b"gone"
 
 
-@mqtt311("MQTT-3.1.2-24", "MQTT-3.12.4-1")
+@pytest.mark.mqtt311("MQTT-3.1.2-24", "MQTT-3.12.4-1")
 def test_pings_keep_a_client_connected_and_are_answered(raw_factory: Factory) -> None:
     raw = online(raw_factory, client_id="pinger", keepalive=1)
     deadline = time.monotonic() + 2.5

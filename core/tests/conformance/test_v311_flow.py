@@ -53,13 +53,12 @@ except ImportError:  # pragma: no cover - core/tests/conformance made a package
     )
 
 LEVELS = pytest.mark.parametrize("level", [V311, V31], ids=["3.1.1", "3.1"])
-mqtt311 = pytest.mark.mqtt311
 
 
 # -- packet identifiers -------------------------------------------------------------------
 
 
-@mqtt311("MQTT-2.3.1-1", "MQTT-4.8.0-1")
+@pytest.mark.mqtt311("MQTT-2.3.1-1", "MQTT-4.8.0-1")
 @pytest.mark.parametrize("data", [
     pytest.param(publish_bytes("pid/t", b"x", byte0=0x32, packet_id=0), id="publish-qos1"),
     pytest.param(publish_bytes("pid/t", b"x", byte0=0x34, packet_id=0), id="publish-qos2"),
@@ -71,7 +70,7 @@ def test_packet_identifier_0_closes_the_connection(raw_factory: Factory, data: b
     assert assert_rejected(raw, data) == []
 
 
-@mqtt311("MQTT-2.3.1-1", "MQTT-2.3.1-4", "MQTT-4.3.2-1")
+@pytest.mark.mqtt311("MQTT-2.3.1-1", "MQTT-2.3.1-4", "MQTT-4.3.2-1")
 def test_deliveries_in_flight_have_distinct_nonzero_packet_ids(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="pids")
     subscribe(sub, ("pids/t", 2))
@@ -84,7 +83,7 @@ def test_deliveries_in_flight_have_distinct_nonzero_packet_ids(raw_factory: Fact
     assert all(not p.dup for p in got)
 
 
-@mqtt311("MQTT-2.3.1-5", "MQTT-4.3.1-1")
+@pytest.mark.mqtt311("MQTT-2.3.1-5", "MQTT-4.3.1-1")
 def test_a_qos_0_delivery_has_no_packet_identifier(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="q0bytes")
     subscribe(sub, ("q0/t", 2))
@@ -99,7 +98,7 @@ def test_a_qos_0_delivery_has_no_packet_identifier(raw_factory: Factory) -> None
 # -- QoS 1 --------------------------------------------------------------------------------
 
 
-@mqtt311("MQTT-4.3.2-2")
+@pytest.mark.mqtt311("MQTT-4.3.2-2")
 def test_a_qos_1_packet_id_reused_after_puback_is_a_new_message(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="q1sub")
     subscribe(sub, ("q1/t", 1))
@@ -110,7 +109,7 @@ def test_a_qos_1_packet_id_reused_after_puback_is_a_new_message(raw_factory: Fac
     assert [p.payload for p in publishes(sub, 2)] == [b"one", b"two"]
 
 
-@mqtt311("MQTT-4.3.2-1")
+@pytest.mark.mqtt311("MQTT-4.3.2-1")
 def test_a_qos_1_delivery_stays_unacknowledged_until_puback(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:
@@ -132,7 +131,7 @@ def test_a_qos_1_delivery_stays_unacknowledged_until_puback(
 # -- QoS 2 --------------------------------------------------------------------------------
 
 
-@mqtt311("MQTT-4.3.3-2", "MQTT-2.3.1-6")
+@pytest.mark.mqtt311("MQTT-4.3.3-2", "MQTT-2.3.1-6")
 @pytest.mark.parametrize("dup_flag", [0x08, 0x00], ids=["dup-1", "dup-0"])
 def test_a_qos_2_resend_before_pubrel_is_not_delivered_twice(
     raw_factory: Factory, dup_flag: int
@@ -154,7 +153,7 @@ def test_a_qos_2_resend_before_pubrel_is_not_delivered_twice(
     assert [p.payload for p in publishes(sub, 1)] == [b"next"]
 
 
-@mqtt311("MQTT-4.3.3-1", "MQTT-2.3.1-6")
+@pytest.mark.mqtt311("MQTT-4.3.3-1", "MQTT-2.3.1-6")
 def test_the_broker_as_qos_2_sender_releases_with_the_same_id(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="q2out")
     subscribe(sub, ("q2out/t", 2))
@@ -169,7 +168,7 @@ def test_the_broker_as_qos_2_sender_releases_with_the_same_id(raw_factory: Facto
     nothing(sub)
 
 
-@mqtt311("MQTT-4.3.3-1", "MQTT-4.4.0-1")
+@pytest.mark.mqtt311("MQTT-4.3.3-1", "MQTT-4.4.0-1")
 def test_after_pubrel_only_pubrel_is_resent_never_the_publish(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="relsub", clean=False)
     subscribe(sub, ("rel/t", 2))
@@ -188,7 +187,7 @@ def test_after_pubrel_only_pubrel_is_resent_never_the_publish(raw_factory: Facto
 # -- re-delivery on reconnect, order ------------------------------------------------------
 
 
-@mqtt311("MQTT-4.4.0-1", "MQTT-3.3.1-1", "MQTT-2.3.1-4", "MQTT-4.6.0-1")
+@pytest.mark.mqtt311("MQTT-4.4.0-1", "MQTT-3.3.1-1", "MQTT-2.3.1-4", "MQTT-4.6.0-1")
 @LEVELS
 def test_unacknowledged_deliveries_are_resent_with_dup_and_their_ids(
     raw_factory: Factory, level: int
@@ -207,7 +206,7 @@ def test_unacknowledged_deliveries_are_resent_with_dup_and_their_ids(
     assert all(p.dup for p in again) and not any(p.dup for p in first)
 
 
-@mqtt311("MQTT-4.6.0-5", "MQTT-4.6.0-6")
+@pytest.mark.mqtt311("MQTT-4.6.0-5", "MQTT-4.6.0-6")
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_messages_from_one_client_arrive_in_the_order_sent(
     raw_factory: Factory, qos: int

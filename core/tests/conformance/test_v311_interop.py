@@ -16,7 +16,6 @@ try:
 except ImportError:  # pragma: no cover - core/tests/conformance made a package
     from conformance.v311_helpers import Factory  # type: ignore[no-redef]
 
-mqtt311 = pytest.mark.mqtt311
 MOSQUITTO = pytest.mark.skipif(
     shutil.which("mosquitto_sub") is None or shutil.which("mosquitto_pub") is None,
     reason="mosquitto-clients is not installed",
@@ -29,7 +28,7 @@ def run(*args: str) -> str:
     return done.stdout
 
 
-@mqtt311("MQTT-7.0.0-2", "MQTT-7.1.1-1")
+@pytest.mark.mqtt311("MQTT-7.0.0-2", "MQTT-7.1.1-1")
 @MOSQUITTO
 @pytest.mark.parametrize("version", ["mqttv311", "mqttv31"])
 def test_mosquitto_clients_work_without_extensions(broker: Any, version: str) -> None:
@@ -41,7 +40,7 @@ def test_mosquitto_clients_work_without_extensions(broker: Any, version: str) ->
     assert out.split() == ["interop/t", "1", "1", "hello"]
 
 
-@mqtt311("MQTT-7.0.0-2", "MQTT-7.1.1-1")
+@pytest.mark.mqtt311("MQTT-7.0.0-2", "MQTT-7.1.1-1")
 @pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv31], ids=["3.1.1", "3.1"])
 def test_paho_works_without_extensions(client_factory: Factory, protocol: int) -> None:
     sub = client_factory(protocol=protocol)

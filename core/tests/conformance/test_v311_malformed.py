@@ -51,7 +51,6 @@ except ImportError:  # pragma: no cover - core/tests/conformance made a package
         unsubscribe_bytes,
     )
 
-mqtt311 = pytest.mark.mqtt311
 
 #: byte strings that are not well-formed UTF-8 as MQTT defines it
 ILL_FORMED = [
@@ -102,8 +101,8 @@ def rejected(raw_factory: Factory, field: str, text: bytes, level: int = V311) -
 # -- UTF-8 --------------------------------------------------------------------------------
 
 
-@mqtt311("MQTT-1.5.3-1", "MQTT-3.1.3-4", "MQTT-3.1.3-10", "MQTT-3.1.3-11", "MQTT-3.3.2-1",
-         "MQTT-3.8.3-1", "MQTT-3.10.3-1", "MQTT-3.1.4-1")
+@pytest.mark.mqtt311("MQTT-1.5.3-1", "MQTT-3.1.3-4", "MQTT-3.1.3-10", "MQTT-3.1.3-11",
+                     "MQTT-3.3.2-1", "MQTT-3.8.3-1", "MQTT-3.10.3-1", "MQTT-3.1.4-1")
 @FIELDS
 @pytest.mark.parametrize("text", ILL_FORMED)
 def test_ill_formed_utf8_closes_the_connection(
@@ -112,7 +111,7 @@ def test_ill_formed_utf8_closes_the_connection(
     rejected(raw_factory, field, text)
 
 
-@mqtt311("MQTT-1.5.3-2", "MQTT-4.7.3-2")
+@pytest.mark.mqtt311("MQTT-1.5.3-2", "MQTT-4.7.3-2")
 @FIELDS
 @pytest.mark.parametrize("text", NULL)
 def test_u0000_in_a_string_closes_the_connection(
@@ -121,12 +120,12 @@ def test_u0000_in_a_string_closes_the_connection(
     rejected(raw_factory, field, text)
 
 
-@mqtt311("MQTT-1.5.3-1", "MQTT-3.3.2-1")
+@pytest.mark.mqtt311("MQTT-1.5.3-1", "MQTT-3.3.2-1")
 def test_mqtt_3_1_topic_names_are_checked_too(raw_factory: Factory) -> None:
     rejected(raw_factory, "topic-name", b"a\xed\xa0\x80", level=V31)
 
 
-@mqtt311("MQTT-1.5.3-3")
+@pytest.mark.mqtt311("MQTT-1.5.3-3")
 def test_a_byte_order_mark_is_kept_in_topic_and_payload(raw_factory: Factory) -> None:
     bom = "\ufeff"
     sub = online(raw_factory, client_id="bomsub")
@@ -140,7 +139,7 @@ def test_a_byte_order_mark_is_kept_in_topic_and_payload(raw_factory: Factory) ->
 # -- fixed header flags -------------------------------------------------------------------
 
 
-@mqtt311("MQTT-2.2.2-1", "MQTT-2.2.2-2")
+@pytest.mark.mqtt311("MQTT-2.2.2-1", "MQTT-2.2.2-2")
 @pytest.mark.parametrize("data", [
     pytest.param(b"\x41\x02\x00\x01", id="PUBACK-0x1"),
     pytest.param(b"\x58\x02\x00\x01", id="PUBREC-0x8"),
@@ -156,7 +155,7 @@ def test_invalid_fixed_header_flags_close_the_connection(
     still_serving(raw_factory)
 
 
-@mqtt311("MQTT-2.2.2-1", "MQTT-2.2.2-2", "MQTT-3.1.4-1")
+@pytest.mark.mqtt311("MQTT-2.2.2-1", "MQTT-2.2.2-2", "MQTT-3.1.4-1")
 @pytest.mark.parametrize("byte0", [0x11, 0x12, 0x18])
 def test_a_connect_with_fixed_header_flags_gets_no_connack(
     raw_factory: Factory, byte0: int
@@ -166,7 +165,7 @@ def test_a_connect_with_fixed_header_flags_gets_no_connack(
     assert assert_rejected(raw_factory(), bytes(data)) == []
 
 
-@mqtt311("MQTT-3.6.1-1")
+@pytest.mark.mqtt311("MQTT-3.6.1-1")
 @pytest.mark.parametrize("byte0", [0x60, 0x63, 0x6A])
 def test_pubrel_flags_must_be_0010(raw_factory: Factory, byte0: int) -> None:
     raw = online(raw_factory, client_id="relflags")
@@ -175,14 +174,14 @@ def test_pubrel_flags_must_be_0010(raw_factory: Factory, byte0: int) -> None:
     assert assert_rejected(raw, bytes((byte0, 2, 0, 1))) == []
 
 
-@mqtt311("MQTT-3.8.1-1")
+@pytest.mark.mqtt311("MQTT-3.8.1-1")
 @pytest.mark.parametrize("byte0", [0x80, 0x83, 0x8A])
 def test_subscribe_flags_must_be_0010(raw_factory: Factory, byte0: int) -> None:
     raw = online(raw_factory, client_id="subflags")
     assert assert_rejected(raw, subscribe_bytes(("f/t", 0), byte0=byte0)) == []
 
 
-@mqtt311("MQTT-3.10.1-1")
+@pytest.mark.mqtt311("MQTT-3.10.1-1")
 @pytest.mark.parametrize("byte0", [0xA0, 0xA3, 0xAA])
 def test_unsubscribe_flags_must_be_0010(raw_factory: Factory, byte0: int) -> None:
     raw = online(raw_factory, client_id="unsflags")
@@ -192,7 +191,7 @@ def test_unsubscribe_flags_must_be_0010(raw_factory: Factory, byte0: int) -> Non
 # -- topic length -------------------------------------------------------------------------
 
 
-@mqtt311("MQTT-4.7.3-3")
+@pytest.mark.mqtt311("MQTT-4.7.3-3")
 def test_the_longest_topic_name_is_routed_intact(raw_factory: Factory) -> None:
     topic = "long/" + "x" * (65535 - 5)
     sub = online(raw_factory, client_id="longsub")
@@ -203,7 +202,7 @@ def test_the_longest_topic_name_is_routed_intact(raw_factory: Factory) -> None:
     assert message.topic == topic
 
 
-@mqtt311("MQTT-4.7.3-3")
+@pytest.mark.mqtt311("MQTT-4.7.3-3")
 def test_the_codec_refuses_to_encode_a_topic_over_65535_bytes() -> None:
     with pytest.raises(LocalProtocolError):
         encode(Publish("t" * 65536, b""), V311)
@@ -212,7 +211,7 @@ def test_the_codec_refuses_to_encode_a_topic_over_65535_bytes() -> None:
 # -- errors while processing --------------------------------------------------------------
 
 
-@mqtt311("MQTT-4.8.0-2")
+@pytest.mark.mqtt311("MQTT-4.8.0-2")
 def test_an_error_while_processing_a_packet_closes_that_connection(
     broker: Any, raw_factory: Factory
 ) -> None:
@@ -236,7 +235,7 @@ def test_an_error_while_processing_a_packet_closes_that_connection(
     assert publishes(bystander, 1)[0].payload == b"still routed"
 
 
-@mqtt311("MQTT-4.8.0-1")
+@pytest.mark.mqtt311("MQTT-4.8.0-1")
 @pytest.mark.parametrize("data", [
     pytest.param(b"\x30\xff\xff\xff\xff\x01", id="remaining-length-of-5-bytes"),
     pytest.param(frame(0x30, b"\x00\x05ab"), id="topic-past-the-end"),

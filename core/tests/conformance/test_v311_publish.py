@@ -44,7 +44,6 @@ except ImportError:  # pragma: no cover - core/tests/conformance made a package
     )
 
 LEVELS = pytest.mark.parametrize("level", [V311, V31], ids=["3.1.1", "3.1"])
-mqtt311 = pytest.mark.mqtt311
 
 
 def drain(raw: Any, quiet: float = 0.5, limit: float = 20.0) -> list[Publish]:
@@ -68,7 +67,7 @@ def drain(raw: Any, quiet: float = 0.5, limit: float = 20.0) -> list[Publish]:
 # -- DUP and QoS in the fixed header ------------------------------------------------------
 
 
-@mqtt311("MQTT-3.3.1-3", "MQTT-4.3.2-1")
+@pytest.mark.mqtt311("MQTT-3.3.1-3", "MQTT-4.3.2-1")
 def test_an_incoming_dup_flag_is_not_propagated(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="dupsub")
     subscribe(sub, ("dup/t", 1))
@@ -79,7 +78,7 @@ def test_an_incoming_dup_flag_is_not_propagated(raw_factory: Factory) -> None:
     assert (delivered.payload, delivered.qos, delivered.dup) == (b"first try", 1, False)
 
 
-@mqtt311("MQTT-3.3.1-2", "MQTT-4.3.1-1")
+@pytest.mark.mqtt311("MQTT-3.3.1-2", "MQTT-4.3.1-1")
 def test_qos_0_deliveries_have_dup_0(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="dup0sub")
     subscribe(sub, ("dup0/t", 0))
@@ -90,7 +89,7 @@ def test_qos_0_deliveries_have_dup_0(raw_factory: Factory) -> None:
     assert (delivered.payload, delivered.qos, delivered.dup) == (b"resent", 0, False)
 
 
-@mqtt311("MQTT-3.3.1-4", "MQTT-4.8.0-1")
+@pytest.mark.mqtt311("MQTT-3.3.1-4", "MQTT-4.8.0-1")
 @LEVELS
 def test_a_publish_with_qos_3_closes_the_connection(raw_factory: Factory, level: int) -> None:
     raw = online(raw_factory, client_id="qos3", level=level)
@@ -100,7 +99,7 @@ def test_a_publish_with_qos_3_closes_the_connection(raw_factory: Factory, level:
 # -- RETAIN -------------------------------------------------------------------------------
 
 
-@mqtt311("MQTT-3.3.1-5", "MQTT-3.3.1-8")
+@pytest.mark.mqtt311("MQTT-3.3.1-5", "MQTT-3.3.1-8")
 def test_a_retained_message_is_stored_with_its_qos(raw_factory: Factory) -> None:
     pub = online(raw_factory, client_id="rpub")
     publish_qos(pub, "ret/q1", b"kept at 1", 1, retain=True)
@@ -110,7 +109,7 @@ def test_a_retained_message_is_stored_with_its_qos(raw_factory: Factory) -> None
     assert (message.payload, message.qos, message.retain) == (b"kept at 1", 1, True)
 
 
-@mqtt311("MQTT-3.3.1-6", "MQTT-3.3.1-8")
+@pytest.mark.mqtt311("MQTT-3.3.1-6", "MQTT-3.3.1-8")
 @LEVELS
 def test_retained_messages_sent_on_subscribe(raw_factory: Factory, level: int) -> None:
     pub = online(raw_factory, client_id="rpub6")
@@ -126,7 +125,7 @@ def test_retained_messages_sent_on_subscribe(raw_factory: Factory, level: int) -
     assert all(p.retain and p.payload == p.topic.encode() for p in got)
 
 
-@mqtt311("MQTT-3.3.1-6")
+@pytest.mark.mqtt311("MQTT-3.3.1-6")
 @pytest.mark.xfail(strict=True, reason=(
     "midge violation: the retained messages sent on a subscribe are cut at "
     "max_queued_messages (1000): QoS 0 ones past the socket backlog limit are dropped as "
@@ -147,7 +146,7 @@ def test_retained_messages_beyond_1000_are_all_sent_on_subscribe(
     assert len({p.topic for p in got}) == count + 1
 
 
-@mqtt311("MQTT-3.3.1-7")
+@pytest.mark.mqtt311("MQTT-3.3.1-7")
 def test_a_qos_0_retained_message_replaces_the_retained_one(raw_factory: Factory) -> None:
     pub = online(raw_factory, client_id="r7pub")
     publish_qos(pub, "ret/r7", b"old at 1", 1, retain=True)
@@ -160,7 +159,7 @@ def test_a_qos_0_retained_message_replaces_the_retained_one(raw_factory: Factory
     nothing(late)
 
 
-@mqtt311("MQTT-3.3.1-9")
+@pytest.mark.mqtt311("MQTT-3.3.1-9")
 @LEVELS
 def test_live_deliveries_have_retain_0(raw_factory: Factory, level: int) -> None:
     sub = online(raw_factory, client_id="r9sub", level=level)
@@ -171,7 +170,7 @@ def test_live_deliveries_have_retain_0(raw_factory: Factory, level: int) -> None
     assert (message.payload, message.retain) == (b"live", False)
 
 
-@mqtt311("MQTT-3.3.1-10", "MQTT-3.3.1-11")
+@pytest.mark.mqtt311("MQTT-3.3.1-10", "MQTT-3.3.1-11")
 def test_an_empty_retained_publish_is_delivered_and_clears(raw_factory: Factory) -> None:
     pub = online(raw_factory, client_id="r10pub")
     publish_qos(pub, "ret/r10", b"to clear", 1, retain=True)
@@ -186,7 +185,7 @@ def test_an_empty_retained_publish_is_delivered_and_clears(raw_factory: Factory)
     nothing(late)
 
 
-@mqtt311("MQTT-3.3.1-11")
+@pytest.mark.mqtt311("MQTT-3.3.1-11")
 def test_an_empty_retained_message_is_never_stored(raw_factory: Factory) -> None:
     pub = online(raw_factory, client_id="r11pub")
     publish_qos(pub, "ret/r11", b"", 1, retain=True)
@@ -195,7 +194,7 @@ def test_an_empty_retained_message_is_never_stored(raw_factory: Factory) -> None
     nothing(late)
 
 
-@mqtt311("MQTT-3.3.1-12")
+@pytest.mark.mqtt311("MQTT-3.3.1-12")
 def test_a_non_retained_publish_keeps_the_retained_message(raw_factory: Factory) -> None:
     pub = online(raw_factory, client_id="r12pub")
     publish_qos(pub, "ret/r12", b"kept", 1, retain=True)
@@ -211,7 +210,7 @@ def test_a_non_retained_publish_keeps_the_retained_message(raw_factory: Factory)
 # -- topic names --------------------------------------------------------------------------
 
 
-@mqtt311("MQTT-3.3.2-2", "MQTT-4.7.1-1", "MQTT-4.8.0-1")
+@pytest.mark.mqtt311("MQTT-3.3.2-2", "MQTT-4.7.1-1", "MQTT-4.8.0-1")
 @pytest.mark.parametrize("topic", ["a/+", "a/#", "+", "#", "a+b", "a/b#"])
 def test_a_topic_name_with_a_wildcard_closes_the_connection(
     raw_factory: Factory, topic: str
@@ -220,7 +219,7 @@ def test_a_topic_name_with_a_wildcard_closes_the_connection(
     assert assert_rejected(raw, publish_bytes(topic, b"x")) == []
 
 
-@mqtt311("MQTT-3.3.2-3")
+@pytest.mark.mqtt311("MQTT-3.3.2-3")
 def test_deliveries_carry_the_published_topic_name(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="namesub")
     subscribe(sub, ("name/+/c", 0), ("name/#", 0))
@@ -234,7 +233,7 @@ def test_deliveries_carry_the_published_topic_name(raw_factory: Factory) -> None
 # -- responses and delivery QoS -----------------------------------------------------------
 
 
-@mqtt311("MQTT-3.3.4-1", "MQTT-4.3.2-2", "MQTT-4.3.3-2", "MQTT-2.3.1-6")
+@pytest.mark.mqtt311("MQTT-3.3.4-1", "MQTT-4.3.2-2", "MQTT-4.3.3-2", "MQTT-2.3.1-6")
 @LEVELS
 def test_each_qos_gets_its_response(raw_factory: Factory, level: int) -> None:
     raw = online(raw_factory, client_id="resp", level=level)
@@ -246,7 +245,7 @@ def test_each_qos_gets_its_response(raw_factory: Factory, level: int) -> None:
     assert raw.recv() == PubRec(0xFFFF)
 
 
-@mqtt311("MQTT-3.3.5-1")
+@pytest.mark.mqtt311("MQTT-3.3.5-1")
 @pytest.mark.parametrize(("published", "expected"), [(2, 2), (1, 1), (0, 0)])
 def test_overlapping_subscriptions_get_one_copy_at_the_highest_qos(
     raw_factory: Factory, published: int, expected: int
@@ -260,7 +259,7 @@ def test_overlapping_subscriptions_get_one_copy_at_the_highest_qos(
     nothing(sub)  # midge's choice: no further copies for the other subscriptions
 
 
-@mqtt311("MQTT-3.8.4-6", "MQTT-3.8.4-5")
+@pytest.mark.mqtt311("MQTT-3.8.4-6", "MQTT-3.8.4-5")
 @pytest.mark.parametrize("granted", [0, 1, 2])
 def test_the_delivery_qos_is_the_lower_of_publish_and_grant(
     raw_factory: Factory, granted: int
@@ -287,7 +286,7 @@ class DenyWrites:
         return not (write and topic.startswith("deny/"))
 
 
-@mqtt311("MQTT-3.3.5-2")
+@pytest.mark.mqtt311("MQTT-3.3.5-2")
 def test_an_unauthorized_publish_is_acknowledged_and_dropped(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:

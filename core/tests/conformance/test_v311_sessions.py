@@ -41,13 +41,12 @@ except ImportError:  # pragma: no cover - core/tests/conformance made a package
     )
 
 LEVELS = pytest.mark.parametrize("level", [V311, V31], ids=["3.1.1", "3.1"])
-mqtt311 = pytest.mark.mqtt311
 
 
 # -- Clean Session 0: the session outlives the connection ---------------------------------
 
 
-@mqtt311("MQTT-3.1.2-4", "MQTT-3.1.2-5", "MQTT-4.1.0-1", "MQTT-4.5.0-1", "MQTT-3.1.4-3")
+@pytest.mark.mqtt311("MQTT-3.1.2-4", "MQTT-3.1.2-5", "MQTT-4.1.0-1", "MQTT-4.5.0-1", "MQTT-3.1.4-3")
 @LEVELS
 def test_session_resume_with_clean_session_0(raw_factory: Factory, level: int) -> None:
     sub = online(raw_factory, client_id="keeper", level=level, clean=False)
@@ -69,7 +68,7 @@ def test_session_resume_with_clean_session_0(raw_factory: Factory, level: int) -
     assert publishes(back, 1)[0].payload == b"live"
 
 
-@mqtt311("MQTT-3.1.2-4", "MQTT-3.2.2-3")
+@pytest.mark.mqtt311("MQTT-3.1.2-4", "MQTT-3.2.2-3")
 def test_clean_session_0_without_a_session_creates_one(raw_factory: Factory) -> None:
     raw = raw_factory()
     assert raw.connect("fresh0", V311, clean_start=False) == ConnAck(0, False)
@@ -81,7 +80,7 @@ def test_clean_session_0_without_a_session_creates_one(raw_factory: Factory) -> 
     assert publishes(back, 1)[0].payload == b"kept"
 
 
-@mqtt311("MQTT-3.1.3-2")
+@pytest.mark.mqtt311("MQTT-3.1.3-2")
 def test_the_client_id_identifies_the_session(raw_factory: Factory) -> None:
     for cid, topic in (("idA", "ida/t"), ("idB", "idb/t")):
         raw = online(raw_factory, client_id=cid, clean=False)
@@ -100,7 +99,7 @@ def test_the_client_id_identifies_the_session(raw_factory: Factory) -> None:
 # -- Clean Session 1: a new session, never reused ------------------------------------------
 
 
-@mqtt311("MQTT-3.1.2-6", "MQTT-3.1.4-3")
+@pytest.mark.mqtt311("MQTT-3.1.2-6", "MQTT-3.1.4-3")
 @LEVELS
 def test_clean_session_1_discards_the_previous_session(raw_factory: Factory, level: int) -> None:
     sub = online(raw_factory, client_id="wiped", level=level, clean=False)
@@ -120,7 +119,7 @@ def test_clean_session_1_discards_the_previous_session(raw_factory: Factory, lev
     nothing(later)
 
 
-@mqtt311("MQTT-4.1.0-2")
+@pytest.mark.mqtt311("MQTT-4.1.0-2")
 def test_a_clean_session_lasts_as_long_as_its_connection(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="lasting")
     subscribe(sub, ("last/t", 1))
@@ -132,7 +131,7 @@ def test_a_clean_session_lasts_as_long_as_its_connection(raw_factory: Factory) -
     assert [p.payload for p in publishes(sub, 3)] == [b"0", b"1", b"2"]
 
 
-@mqtt311("MQTT-3.1.2-7")
+@pytest.mark.mqtt311("MQTT-3.1.2-7")
 def test_retained_messages_survive_the_end_of_a_session(raw_factory: Factory) -> None:
     pub = online(raw_factory, client_id="shortlived")
     publish_qos(pub, "survive/t", b"still here", 1, retain=True)
@@ -146,7 +145,7 @@ def test_retained_messages_survive_the_end_of_a_session(raw_factory: Factory) ->
 # -- wills --------------------------------------------------------------------------------
 
 
-@mqtt311("MQTT-3.1.2-8", "MQTT-3.1.2-10", "MQTT-3.1.2-16")
+@pytest.mark.mqtt311("MQTT-3.1.2-8", "MQTT-3.1.2-10", "MQTT-3.1.2-16")
 @LEVELS
 def test_will_on_abnormal_close_only(raw_factory: Factory, level: int) -> None:
     watch = online(raw_factory, client_id="watcher")
@@ -166,7 +165,7 @@ def test_will_on_abnormal_close_only(raw_factory: Factory, level: int) -> None:
     nothing(late)  # a will with Will Retain 0 is not retained
 
 
-@mqtt311("MQTT-3.1.2-8")
+@pytest.mark.mqtt311("MQTT-3.1.2-8")
 def test_the_will_is_published_when_the_server_closes_on_a_protocol_error(
     raw_factory: Factory
 ) -> None:
@@ -177,7 +176,7 @@ def test_the_will_is_published_when_the_server_closes_on_a_protocol_error(
     assert publishes(watch, 1)[0].payload == b"broke the rules"
 
 
-@mqtt311("MQTT-3.14.4-3", "MQTT-3.1.2-10")
+@pytest.mark.mqtt311("MQTT-3.14.4-3", "MQTT-3.1.2-10")
 def test_disconnect_discards_the_will(raw_factory: Factory) -> None:
     watch = online(raw_factory, client_id="watcher")
     subscribe(watch, ("will/#", 1))
@@ -187,7 +186,7 @@ def test_disconnect_discards_the_will(raw_factory: Factory) -> None:
     nothing(watch, 0.5)
 
 
-@mqtt311("MQTT-3.1.2-12")
+@pytest.mark.mqtt311("MQTT-3.1.2-12")
 def test_no_will_flag_no_will(raw_factory: Factory) -> None:
     watch = online(raw_factory, client_id="watcher")
     subscribe(watch, ("#", 1))
@@ -197,7 +196,7 @@ def test_no_will_flag_no_will(raw_factory: Factory) -> None:
     nothing(watch, 0.5)
 
 
-@mqtt311("MQTT-3.1.2-17")
+@pytest.mark.mqtt311("MQTT-3.1.2-17")
 @LEVELS
 def test_a_will_with_will_retain_1_is_retained(raw_factory: Factory, level: int) -> None:
     watch = online(raw_factory, client_id="watcher")
@@ -213,7 +212,7 @@ def test_a_will_with_will_retain_1_is_retained(raw_factory: Factory, level: int)
     assert (kept.topic, kept.payload, kept.retain) == ("will/kept", b"remember me", True)
 
 
-@mqtt311("MQTT-3.14.1-1", "MQTT-3.1.2-8")
+@pytest.mark.mqtt311("MQTT-3.14.1-1", "MQTT-3.1.2-8")
 @pytest.mark.parametrize("byte0", [0xE1, 0xE2, 0xE8])
 def test_a_disconnect_with_reserved_bits_set_is_not_a_disconnect(
     raw_factory: Factory, byte0: int

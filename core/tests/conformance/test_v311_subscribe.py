@@ -59,7 +59,6 @@ except ImportError:  # pragma: no cover - core/tests/conformance made a package
     )
 
 LEVELS = pytest.mark.parametrize("level", [V311, V31], ids=["3.1.1", "3.1"])
-mqtt311 = pytest.mark.mqtt311
 
 
 def unsubscribe(raw: Any, *filters: str, packet_id: int = 1) -> None:
@@ -89,7 +88,7 @@ def delivered_topics(raw_factory: Factory, filters: list[str], topics: list[str]
 # -- SUBSCRIBE ----------------------------------------------------------------------------
 
 
-@mqtt311("MQTT-3.8.4-1", "MQTT-3.8.4-2", "MQTT-2.3.1-7")
+@pytest.mark.mqtt311("MQTT-3.8.4-1", "MQTT-3.8.4-2", "MQTT-2.3.1-7")
 @LEVELS
 def test_suback_carries_the_packet_id_of_its_subscribe(
     raw_factory: Factory, level: int
@@ -100,7 +99,7 @@ def test_suback_carries_the_packet_id_of_its_subscribe(
         assert raw.recv() == SubAck(pid, [1])
 
 
-@mqtt311("MQTT-3.8.3-3", "MQTT-4.8.0-1")
+@pytest.mark.mqtt311("MQTT-3.8.3-3", "MQTT-4.8.0-1")
 def test_a_subscribe_without_a_topic_filter_closes_the_connection(
     raw_factory: Factory
 ) -> None:
@@ -108,7 +107,7 @@ def test_a_subscribe_without_a_topic_filter_closes_the_connection(
     assert assert_rejected(raw, subscribe_bytes(packet_id=5)) == []
 
 
-@mqtt311("MQTT-3.8.3-4")
+@pytest.mark.mqtt311("MQTT-3.8.3-4")
 @pytest.mark.parametrize("options", [0x03, 0x04, 0x80, 0xFC, 0x41])
 def test_requested_qos_byte_reserved_bits_and_qos_3_close(
     raw_factory: Factory, options: int
@@ -117,7 +116,7 @@ def test_requested_qos_byte_reserved_bits_and_qos_3_close(
     assert assert_rejected(raw, subscribe_bytes(("ok/t", 1), ("bits/t", options))) == []
 
 
-@mqtt311("MQTT-3.8.3-2")
+@pytest.mark.mqtt311("MQTT-3.8.3-2")
 def test_wildcard_filters_are_refused_when_wildcards_are_off(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:
@@ -127,7 +126,7 @@ def test_wildcard_filters_are_refused_when_wildcards_are_off(
         0x80, 1, 0x80, 0x80]
 
 
-@mqtt311("MQTT-3.8.4-3")
+@pytest.mark.mqtt311("MQTT-3.8.4-3")
 def test_an_identical_filter_replaces_the_subscription(raw_factory: Factory) -> None:
     pub = online(raw_factory, client_id="reppub")
     publish_qos(pub, "rep/t", b"retained", 2, retain=True)
@@ -147,7 +146,7 @@ def test_an_identical_filter_replaces_the_subscription(raw_factory: Factory) -> 
     nothing(sub)
 
 
-@mqtt311("MQTT-3.8.4-4", "MQTT-3.8.4-5", "MQTT-3.9.3-1")
+@pytest.mark.mqtt311("MQTT-3.8.4-4", "MQTT-3.8.4-5", "MQTT-3.9.3-1")
 def test_several_filters_act_as_subscribes_in_sequence_with_one_suback(
     raw_factory: Factory
 ) -> None:
@@ -163,7 +162,7 @@ def test_several_filters_act_as_subscribes_in_sequence_with_one_suback(
     nothing(sub)
 
 
-@mqtt311("MQTT-3.8.4-5")
+@pytest.mark.mqtt311("MQTT-3.8.4-5")
 def test_the_granted_qos_may_be_lower_than_requested(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:
@@ -184,7 +183,7 @@ class RefuseSecret:
         return not topic.startswith("secret/")
 
 
-@mqtt311("MQTT-3.9.3-1", "MQTT-3.9.3-2", "MQTT-3.8.4-5")
+@pytest.mark.mqtt311("MQTT-3.9.3-1", "MQTT-3.9.3-2", "MQTT-3.8.4-5")
 @LEVELS
 def test_a_refused_subscription_gets_0x80_in_its_place(
     broker_factory: Factory, raw_factory: Factory, level: int
@@ -198,7 +197,7 @@ def test_a_refused_subscription_gets_0x80_in_its_place(
 # -- UNSUBSCRIBE --------------------------------------------------------------------------
 
 
-@mqtt311("MQTT-3.10.3-2", "MQTT-4.8.0-1")
+@pytest.mark.mqtt311("MQTT-3.10.3-2", "MQTT-4.8.0-1")
 def test_an_unsubscribe_without_a_topic_filter_closes_the_connection(
     raw_factory: Factory
 ) -> None:
@@ -206,7 +205,7 @@ def test_an_unsubscribe_without_a_topic_filter_closes_the_connection(
     assert assert_rejected(raw, unsubscribe_bytes(packet_id=3)) == []
 
 
-@mqtt311("MQTT-3.10.4-4", "MQTT-3.10.4-5", "MQTT-2.3.1-7")
+@pytest.mark.mqtt311("MQTT-3.10.4-4", "MQTT-3.10.4-5", "MQTT-2.3.1-7")
 @LEVELS
 def test_unsuback_carries_the_packet_id_even_when_nothing_was_removed(
     raw_factory: Factory, level: int
@@ -219,7 +218,7 @@ def test_unsuback_carries_the_packet_id_even_when_nothing_was_removed(
     assert raw.recv() == UnsubAck(0x4322)
 
 
-@mqtt311("MQTT-3.10.4-1")
+@pytest.mark.mqtt311("MQTT-3.10.4-1")
 def test_unsubscribe_filters_compare_character_by_character(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="unscmp")
     subscribe(sub, ("cmp/+", 0), ("cmp/a", 1))
@@ -235,7 +234,7 @@ def test_unsubscribe_filters_compare_character_by_character(raw_factory: Factory
     assert (message.payload, message.qos) == (b"via plus", 0)
 
 
-@mqtt311("MQTT-3.10.4-2", "MQTT-3.10.4-6")
+@pytest.mark.mqtt311("MQTT-3.10.4-2", "MQTT-3.10.4-6")
 def test_after_unsubscribe_no_new_messages_are_added(raw_factory: Factory) -> None:
     sub = online(raw_factory, client_id="unsstop")
     subscribe(sub, ("stop/a", 1), ("stop/b", 1), ("stop/c", 1))
@@ -249,7 +248,7 @@ def test_after_unsubscribe_no_new_messages_are_added(raw_factory: Factory) -> No
     nothing(sub)
 
 
-@mqtt311("MQTT-3.10.4-3")
+@pytest.mark.mqtt311("MQTT-3.10.4-3")
 def test_a_qos_2_delivery_under_way_is_completed_after_unsubscribe(
     raw_factory: Factory
 ) -> None:
@@ -265,7 +264,7 @@ def test_a_qos_2_delivery_under_way_is_completed_after_unsubscribe(
     nothing(sub)
 
 
-@mqtt311("MQTT-3.10.4-3")
+@pytest.mark.mqtt311("MQTT-3.10.4-3")
 def test_a_qos_1_delivery_under_way_is_still_resent_after_unsubscribe(
     raw_factory: Factory
 ) -> None:
@@ -286,7 +285,7 @@ def test_a_qos_1_delivery_under_way_is_still_resent_after_unsubscribe(
 # -- topic filters and names (4.7) --------------------------------------------------------
 
 
-@mqtt311("MQTT-4.7.1-2", "MQTT-4.7.1-3", "MQTT-4.8.0-1")
+@pytest.mark.mqtt311("MQTT-4.7.1-2", "MQTT-4.7.1-3", "MQTT-4.8.0-1")
 @pytest.mark.parametrize("topic_filter", [
     "a/#/b", "a#", "#/a", "a/b#", "a+", "a/+b", "+a/b", "a/++", "#+",
 ])
@@ -297,7 +296,7 @@ def test_a_malformed_topic_filter_closes_the_connection(
     assert assert_rejected(raw, subscribe_bytes((topic_filter, 0))) == []
 
 
-@mqtt311("MQTT-4.7.1-2")
+@pytest.mark.mqtt311("MQTT-4.7.1-2")
 def test_the_multi_level_wildcard_matches_the_parent_and_every_child(
     raw_factory: Factory
 ) -> None:
@@ -306,14 +305,14 @@ def test_the_multi_level_wildcard_matches_the_parent_and_every_child(
     assert delivered_topics(raw_factory, ["sport/#"], topics) == topics[:4]
 
 
-@mqtt311("MQTT-4.7.1-2")
+@pytest.mark.mqtt311("MQTT-4.7.1-2")
 def test_a_lone_multi_level_wildcard_matches_every_topic(raw_factory: Factory) -> None:
     topics = ["a", "a/b", "/", "/a", "a/b/c/d/e"]
     got = delivered_topics(raw_factory, ["#"], topics)
     assert got[:len(topics)] == topics
 
 
-@mqtt311("MQTT-4.7.1-3")
+@pytest.mark.mqtt311("MQTT-4.7.1-3")
 def test_the_single_level_wildcard_matches_exactly_one_level(raw_factory: Factory) -> None:
     topics = ["sport/tennis/player1", "sport/tennis/player2", "sport/tennis/player1/ranking",
               "sport/", "sport", "/finance", "finance"]
@@ -324,7 +323,7 @@ def test_the_single_level_wildcard_matches_exactly_one_level(raw_factory: Factor
     assert delivered_topics(raw_factory, ["+"], topics) == ["sport", "finance"]
 
 
-@mqtt311("MQTT-4.7.2-1")
+@pytest.mark.mqtt311("MQTT-4.7.2-1")
 def test_leading_wildcards_do_not_match_dollar_topics(
     broker: Any, raw_factory: Factory
 ) -> None:
@@ -340,7 +339,7 @@ def test_leading_wildcards_do_not_match_dollar_topics(
     nothing(wild)  # neither the retained nor the live $-message
 
 
-@mqtt311("MQTT-4.7.3-1", "MQTT-4.8.0-1")
+@pytest.mark.mqtt311("MQTT-4.7.3-1", "MQTT-4.8.0-1")
 @pytest.mark.parametrize("data", [
     pytest.param(b"\x30\x02\x00\x00", id="publish-empty-topic"),
     pytest.param(subscribe_bytes(("", 0)), id="subscribe-empty-filter"),
@@ -353,7 +352,7 @@ def test_an_empty_topic_name_or_filter_closes_the_connection(
     assert assert_rejected(raw, data) == []
 
 
-@mqtt311("MQTT-4.7.3-4", "MQTT-1.5.3-3")
+@pytest.mark.mqtt311("MQTT-4.7.3-4", "MQTT-1.5.3-3")
 def test_topics_are_matched_without_normalization(raw_factory: Factory) -> None:
     nfc = unicodedata.normalize("NFC", "caf\u00e9")
     nfd = unicodedata.normalize("NFD", nfc)
