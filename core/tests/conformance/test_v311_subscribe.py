@@ -14,8 +14,6 @@ import pytest
 
 from midge import hookimpl
 from midge.codec import (
-    ConnAck,
-    Connect,
     PubComp,
     Publish,
     PubRec,
@@ -38,6 +36,7 @@ try:
         online,
         publish_qos,
         publishes,
+        reconnect,
         subscribe,
         subscribe_bytes,
         unsubscribe_bytes,
@@ -53,6 +52,7 @@ except ImportError:  # pragma: no cover - core/tests/conformance made a package
         online,
         publish_qos,
         publishes,
+        reconnect,
         subscribe,
         subscribe_bytes,
         unsubscribe_bytes,
@@ -252,16 +252,21 @@ def test_after_unsubscribe_no_new_messages_are_added(raw_factory: Factory) -> No
 def test_a_qos_2_delivery_under_way_is_completed_after_unsubscribe(
     raw_factory: Factory
 ) -> None:
-    sub = online(raw_factory, client_id="unsq2")
+    sub = online(raw_factory, client_id="unsq2", clean=False)
     subscribe(sub, ("flow/q2", 2))
     pub = online(raw_factory, client_id="unsq2pub")
     publish_qos(pub, "flow/q2", b"under way", 2)
     delivery = expect(sub, Publish)
     unsubscribe(sub, "flow/q2", packet_id=2)
-    sub.send(PubRec(delivery.packet_id))
-    assert sub.recv() == PubRel(delivery.packet_id)
-    sub.send(PubComp(delivery.packet_id))
-    nothing(sub)
+    sub.close()  # neither PUBREC nor PUBCOMP sent yet
+    # the delivery is still the session's to complete: sent again, then released
+    back = reconnect(raw_factory, "unsq2")
+    again = expect(back, Publish)
+    assert (again.packet_id, again.payload, again.dup) == (delivery.packet_id, b"under way", True)
+    back.send(PubRec(delivery.packet_id))
+    assert back.recv() == PubRel(delivery.packet_id)
+    back.send(PubComp(delivery.packet_id))
+    nothing(back)
 
 
 @pytest.mark.mqtt311("MQTT-3.10.4-3")
@@ -275,9 +280,7 @@ def test_a_qos_1_delivery_under_way_is_still_resent_after_unsubscribe(
     delivery = expect(sub, Publish)
     unsubscribe(sub, "flow/q1", packet_id=2)
     sub.close()  # never acknowledged
-    back = raw_factory()
-    back.send(Connect("unsq1", V311, clean_start=False))
-    assert back.recv() == ConnAck(0, True)
+    back = reconnect(raw_factory, "unsq1")
     again = expect(back, Publish)
     assert (again.packet_id, again.payload, again.dup) == (delivery.packet_id, b"under way", True)
 
