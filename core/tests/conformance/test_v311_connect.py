@@ -378,3 +378,24 @@ def test_pings_keep_a_client_connected_and_are_answered(raw_factory: Factory) ->
         time.sleep(0.4)
     raw.send(PingReq())
     assert raw.recv() == PingResp()
+
+
+@pytest.mark.mqtt311("MQTT-3.2.2-6")
+@pytest.mark.xfail(strict=True, reason=(
+    "midge violation (arguable: Mosquitto answers the same way): a v3 keepalive above "
+    "max_keepalive is refused with CONNACK 0x02 Identifier rejected, a return code about "
+    "the client id; with no applicable code the connection must close without a CONNACK"))
+def test_a_keepalive_above_the_maximum_gets_no_inapplicable_return_code(
+    broker_factory: Factory, raw_factory: Factory
+) -> None:
+    running = broker_factory(max_keepalive=10)
+    raw = raw_factory(port=running.port)
+    sent = assert_rejected(raw, connect_bytes("sleepy", keepalive=60))
+    assert sent == []
+
+
+@pytest.mark.mqtt311("MQTT-4.7.1-1", "MQTT-4.7.3-1", "MQTT-3.1.4-1")
+@pytest.mark.parametrize("topic", ["will/#", "will/+/x", ""])
+def test_a_will_topic_must_be_a_valid_topic_name(raw_factory: Factory, topic: str) -> None:
+    data = connect_bytes("badwill", flags=0x06, rest=string(topic) + string(b"m"))
+    assert assert_rejected(raw_factory(), data) == []
