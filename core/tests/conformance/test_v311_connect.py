@@ -382,9 +382,9 @@ def test_pings_keep_a_client_connected_and_are_answered(raw_factory: Factory) ->
 
 @pytest.mark.mqtt311("MQTT-3.2.2-6")
 @pytest.mark.xfail(strict=True, reason=(
-    "midge violation (arguable: Mosquitto answers the same way): a v3 keepalive above "
-    "max_keepalive is refused with CONNACK 0x02 Identifier rejected, a return code about "
-    "the client id; with no applicable code the connection must close without a CONNACK"))
+    "midge violation: a v3 keepalive above max_keepalive is refused with CONNACK 0x02 "
+    "Identifier rejected, a code about the client id; no return code applies, so the "
+    "connection must close without a CONNACK (arguable: Mosquitto answers the same way)"))
 def test_a_keepalive_above_the_maximum_gets_no_inapplicable_return_code(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:

@@ -191,7 +191,6 @@ def test_unsubscribe_flags_must_be_0010(raw_factory: Factory, byte0: int) -> Non
 # -- topic length -------------------------------------------------------------------------
 
 
-@pytest.mark.mqtt311("MQTT-4.7.3-3")
 def test_the_longest_topic_name_is_routed_intact(raw_factory: Factory) -> None:
     topic = "long/" + "x" * (65535 - 5)
     sub = online(raw_factory, client_id="longsub")
@@ -202,7 +201,6 @@ def test_the_longest_topic_name_is_routed_intact(raw_factory: Factory) -> None:
     assert message.topic == topic
 
 
-@pytest.mark.mqtt311("MQTT-4.7.3-3")
 def test_the_codec_refuses_to_encode_a_topic_over_65535_bytes() -> None:
     with pytest.raises(LocalProtocolError):
         encode(Publish("t" * 65536, b""), V311)
