@@ -218,6 +218,16 @@ def test_short_alphanumeric_client_ids_are_accepted(
     assert raw.connect(client_id, V311) == ConnAck(0)
 
 
+@pytest.mark.mqtt311("MQTT-3.1.3-5")
+@pytest.mark.xfail(strict=True, reason=(
+    "midge deviation from MQTT 3.1 (3.1.1 is met): 3.1 limits client ids to 23 characters "
+    "and answers a longer one with return code 2; midge accepts it"))
+def test_mqtt_3_1_refuses_client_ids_over_23_characters(raw_factory: Factory) -> None:
+    raw = raw_factory(level=V31)
+    assert raw.connect("x" * 24, V31) == ConnAck(2)
+    assert raw.closed()
+
+
 @pytest.mark.mqtt311("MQTT-3.1.3-6")
 def test_an_empty_client_id_gets_a_unique_one(raw_factory: Factory) -> None:
     first = online(raw_factory, client_id="")
@@ -320,7 +330,7 @@ def test_session_present_tells_whether_a_session_was_stored(raw_factory: Factory
 
 @pytest.mark.mqtt311("MQTT-3.2.2-2")
 @pytest.mark.xfail(strict=True, reason=(
-    "midge deviation from MQTT 3.1: a resumed 3.1 session is answered with Session Present "
+    "midge deviation from MQTT 3.1 (3.1.1 is met): a resumed 3.1 session is answered with Session Present "
     "1, but 3.1 has no such flag (the CONNACK's first byte is reserved, 0)"))
 def test_mqtt_3_1_connack_has_no_session_present_flag(raw_factory: Factory) -> None:
     raw = raw_factory(level=V31)
