@@ -84,9 +84,17 @@ def test_a_second_connect_is_a_protocol_violation(raw_factory: Factory, level: i
 def test_a_wrong_protocol_name_is_not_accepted(
     raw_factory: Factory, name: str, level: int
 ) -> None:
-    sent = assert_rejected(raw_factory(), connect_bytes("badname", name=name, level=level))
-    # disconnecting is allowed, with a refusal first; accepting it as 3.1.1 is not
+    watcher = online(raw_factory, client_id="namewatch")
+    subscribe(watcher, ("name/#", 0))
+    will = string("name/will") + string(b"must not be published")
+    data = connect_bytes("badname", name=name, level=level, flags=0x04, rest=will)
+    sent = assert_rejected(raw_factory(), data)
+    # disconnecting is allowed, with a refusal first; going on with it as 3.1.1 is not:
+    # no CONNACK 0, no will kept (so none published on the close), no session made
     assert all(isinstance(p, ConnAck) and p.reason_code != 0 for p in sent), sent
+    nothing(watcher)
+    later = raw_factory()
+    assert later.connect("badname", V311, clean_start=False) == ConnAck(0, False)
 
 
 @pytest.mark.mqtt311("MQTT-3.1.2-2")

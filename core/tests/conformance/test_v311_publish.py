@@ -102,11 +102,13 @@ def test_a_publish_with_qos_3_closes_the_connection(raw_factory: Factory, level:
 @pytest.mark.mqtt311("MQTT-3.3.1-5", "MQTT-3.3.1-8")
 def test_a_retained_message_is_stored_with_its_qos(raw_factory: Factory) -> None:
     pub = online(raw_factory, client_id="rpub")
-    publish_qos(pub, "ret/q1", b"kept at 1", 1, retain=True)
+    publish_qos(pub, "ret/q1", b"replaced", 2, retain=True)
+    publish_qos(pub, "ret/q1", b"kept at 1", 1, retain=True)  # replaces it, QoS included
     late = online(raw_factory, client_id="rlate")
     assert subscribe(late, ("ret/q1", 2)) == [2]
     [message] = publishes(late, 1)
     assert (message.payload, message.qos, message.retain) == (b"kept at 1", 1, True)
+    nothing(late)
 
 
 @pytest.mark.mqtt311("MQTT-3.3.1-6", "MQTT-3.3.1-8")
