@@ -215,7 +215,7 @@ def test_an_error_while_processing_a_packet_closes_that_connection(
 ) -> None:
     # a transient error is injected into the broker's PUBLISH handler (plugin failures
     # cannot be used: midge isolates them, logs them and goes on processing)
-    handlers = broker.broker.handlers
+    handlers = broker.broker.engine.handlers
     original = handlers[Publish]
 
     def failing(conn: Any, packet: Publish) -> Any:

@@ -128,10 +128,6 @@ def test_retained_messages_sent_on_subscribe(raw_factory: Factory, level: int) -
 
 
 @pytest.mark.mqtt311("MQTT-3.3.1-6")
-@pytest.mark.xfail(strict=True, reason=(
-    "midge violation: the retained messages sent on a subscribe are cut at "
-    "max_queued_messages (1000): QoS 0 ones past the socket backlog limit are dropped as "
-    "'outbound buffer full', QoS 1 ones past the session queue as 'session queue full'"))
 @pytest.mark.parametrize("qos", [0, 1])
 def test_retained_messages_beyond_1000_are_all_sent_on_subscribe(
     raw_factory: Factory, qos: int
