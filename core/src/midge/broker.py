@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from .api import Client
@@ -166,6 +167,7 @@ class Broker:
         await self._leave(self._groups.pop())  # service
         self.hooks.wake = None
         await self._stopped(timeout)
+        await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _close_listeners(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -185,7 +187,12 @@ class Broker:
         group.cancel_scope.cancel()
         try:
             await group.__aexit__(None, None, None)
-        except Exception:
+        except* anyio.get_cancelled_exc_class():
+            # the caller's scope is cancelled too (trio says so here): go on leaving the
+            # other groups in order, or trio's scope stack is corrupted; ``_shutdown``
+            # delivers the cancellation once everything is closed
+            pass
+        except* Exception:
             log.exception("a broker task failed while shutting down")
 
     async def _stopped(self, timeout: float) -> None:
