@@ -155,3 +155,36 @@ def test_a_bad_or_misspelt_secret_form_is_an_error_naming_the_key(
 def test_a_one_key_table_that_is_no_secret_lookalike_is_passed_on() -> None:
     table = {"log": {"level": "debug"}, "limits": {"envelope": 3}, "x": {"fil": 1}}
     assert resolve_secrets(table, "plugins.p") == table
+
+
+# -- midge.testing, as its docs say ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("protocol", "username", "code"), [
+    (4, "u", 0x86), (4, None, 0x87), (3, "u", 0x86), (5, "u", 0x86), (5, None, 0x87),
+])
+def test_testing_reason_code_is_pahos_v5_style_code_for_v3_clients(
+    midge_broker_factory: Factory, midge_client: Factory, protocol: int,
+    username: str | None, code: int
+) -> None:
+    broker = midge_broker_factory(objects=[Abstains()])
+    client = midge_client(broker, protocol=protocol, username=username,
+                          password="p" if username else None, check=False)
+    assert client.reason_code == code
+
+
+def test_testing_stop_waits_for_on_stopped(midge_broker_factory: Factory) -> None:
+    import anyio
+
+    done: list[str] = []
+
+    class SlowStop:
+        @hookimpl
+        async def on_stopped(self) -> None:
+            await anyio.sleep(0.3)
+            done.append("stopped")
+
+    broker = midge_broker_factory(objects=[SlowStop()])
+    broker.stop()
+    assert done == ["stopped"]
+    assert broker.stopped
