@@ -113,6 +113,8 @@ ENTRY_POINTS = {
     "pf_async_acl": "AsyncAcl", "pf_argument": "BadArgument", "pf_boom": "Boom",
     "pf_secret": "Secretive", "pf_unmarked": "Unmarked", "pf_many": "Many",
 }
+#: an entry point whose module cannot be imported
+MISSING = "pf_missing = midge_preflight_not_there:Thing"
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +130,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     lines = ["[midge.plugins]"] + [
         f"{name} = midge_preflight_fixtures:{target}" for name, target in ENTRY_POINTS.items()
-    ]
+    ] + [MISSING]
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
     return root
 
@@ -177,6 +179,8 @@ CASES = [
      "configuration: plugins.pf_secret.password: { envv = ... } is not a secret form; "
      "did you mean "
      '{ env = "NAME" }?'),
+    ("pf_missing", "", "cannot load midge_preflight_not_there:Thing: ModuleNotFoundError: "
+                       "No module named 'midge_preflight_not_there'"),
     ("pf_absent", "", "is not installed (installed plugins: "),
 ]
 
@@ -297,6 +301,7 @@ class Concurrency:
     (AsyncAcl(), "on_acl_check must be a plain function, not async def"),
     (Wrapper(), "on_publish: hook wrappers are not supported"),
     (Concurrency(), "midge_concurrency must be an integer of at least 1, not 0"),
+    (Typo, "is the class Typo, not an instance of it: pass Typo(config)"),
 ])
 def test_broker_raises_plugin_error_naming_the_plugin(plugin: Any, cause: str) -> None:
     settings = Settings(listeners=(ListenerSettings(port=0, allow_anonymous=True),))

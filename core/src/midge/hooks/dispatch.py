@@ -102,6 +102,9 @@ def check_plugin(plugin: Any) -> tuple[list[str], list[str]]:
     """
     errors: list[str] = []
     warnings: list[str] = []
+    if inspect.isclass(plugin):
+        return [f"is the class {plugin.__qualname__}, not an instance of it: pass "
+                f"{plugin.__qualname__}(config)"], []
     implemented = 0
     for attr in sorted(dir(plugin)):
         if attr.startswith("__"):
