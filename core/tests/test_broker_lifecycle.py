@@ -273,6 +273,6 @@ def test_deferred_calls_are_bounded_per_plugin(caplog: pytest.LogCaptureFixture)
     assert len(hooks.deferred["greedy"]) == DEFER_LIMIT
     assert hooks.overflow["greedy"] == 5
     assert len(hooks.deferred["other"]) == 1
-    assert woken == ["greedy", "other"]  # woken when a queue starts, not per call
+    assert set(woken) == {"greedy", "other"}  # the shell decides how many workers run
     assert "greedy is 10000 calls behind" in caplog.text
     assert hooks.discard_deferred() == DEFER_LIMIT + 1

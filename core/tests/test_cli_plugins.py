@@ -60,7 +60,8 @@ def test_plugins_reports_a_configured_plugin_that_is_not_installed(tmp_path: Pat
     config = tmp_path / "midge.toml"
     config.write_text('[[listeners]]\nport = 1883\n\n[plugins.no_such_thing]\n')
     result = midge("plugins", "-c", str(config))
-    assert result.returncode == 1
+    assert result.returncode == 2
+    assert "plugin 'no_such_thing': is not installed" in result.stderr
     assert "no_such_thing\n  status:       configured but NOT installed" in result.stdout
 
 

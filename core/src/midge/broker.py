@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from .api import Client
@@ -71,8 +72,8 @@ class Broker:
         self._stop: anyio.Event | None = None
         self._stop_early = False
         self._idle: anyio.Event | None = None
-        #: plugins whose deferred calls are being run, and an event for when none are
-        self._workers: set[str] = set()
+        #: workers running each plugin's deferred calls, and an event for when none are
+        self._workers: dict[str, int] = {}
         self._drained: anyio.Event | None = None
         #: cancel scopes of plugin tasks and deferred-call workers: shielded, so that only
         #: the shutdown sequence ends them, in its order, whatever cancels the caller
@@ -222,14 +223,17 @@ class Broker:
             if self.hooks.on_sys_info_tick is not None:
                 self.hooks.on_sys_info_tick(self, self.sys_info())
 
-    # -- deferred async broadcast calls: one worker per plugin with a backlog ----------
+    # -- deferred async broadcast calls: up to midge_concurrency workers per plugin ------
 
     def _wake(self, plugin: str) -> None:
-        if plugin not in self._workers and self._groups:
-            self._workers.add(plugin)
+        running = self._workers.get(plugin, 0)
+        if running < self.hooks.concurrency.get(plugin, 1) and self._groups:
+            self._workers[plugin] = running + 1
             self._groups[0].start_soon(self._work, plugin)
 
     async def _work(self, plugin: str) -> None:
+        # several workers of one plugin share its queue: each takes the oldest call, so
+        # calls start in event order; with one worker (the default) they also finish in it
         queue = self.hooks.deferred[plugin]
         with anyio.CancelScope(shield=True) as scope:
             self._worker_scopes.add(scope)
@@ -242,7 +246,11 @@ class Broker:
                         plugins_log.exception("plugin %s failed in %s", plugin, what)
             finally:
                 self._worker_scopes.discard(scope)
-                self._workers.discard(plugin)
+                left = self._workers[plugin] - 1
+                if left:
+                    self._workers[plugin] = left
+                else:
+                    del self._workers[plugin]
                 if not self._workers and self._drained is not None:
                     self._drained.set()
 
@@ -252,7 +260,7 @@ class Broker:
             self._drained = anyio.Event()
             with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
                 await self._drained.wait()
-        running = len(self._workers)
+        running = sum(self._workers.values())
         left = self.hooks.discard_deferred()
         if running or left:
             plugins_log.warning(

@@ -34,7 +34,10 @@ so every test can use these fixtures without a ``conftest.py``:
         assert sub.expect().payload == b"21.5"
         sub.expect_none()
 
-    ``check=False`` returns a refused client instead of failing (see ``reason_code``).
+    ``check=False`` returns a refused client instead of failing. Its ``reason_code``
+    is the CONNACK code as paho reports it: the v5 reason code, and for v3 clients the
+    v5-style code paho maps the return code to (1 -> 0x84, 2 -> 0x85, 3 -> 0x88,
+    4 -> 0x86 Bad user name or password, 5 -> 0x87 Not authorized).
 
 ``midge_capture``
     Capture the messages the broker routes on a topic filter, through its inline
@@ -120,7 +123,11 @@ class RunningBroker:
         return result
 
     def stop(self) -> None:
-        """Shut the broker down gracefully and wait for it (again: no effect)."""
+        """Shut the broker down gracefully and wait until its ``run`` has returned:
+        listeners closed, clients disconnected (v5 ones get DISCONNECT 0x8B), plugin tasks
+        cancelled, deferred hook calls drained (each step within ``shutdown_timeout``)
+        and ``on_stopped`` done. Raises ``TimeoutError`` after ``STOP_TIMEOUT`` seconds,
+        and what ``run`` raised, if anything. Again: no effect."""
         if self.stopped:
             return
         self.stopped = True
@@ -224,7 +231,8 @@ class TestClient:
         self.protocol = protocol
         #: received messages (paho ``MQTTMessage``), oldest first
         self.messages: queue.Queue[Any] = queue.Queue()
-        #: CONNACK reason code (v3 return codes are mapped by paho: 0x86, 0x87, ...)
+        #: CONNACK reason code as paho reports it: for v3 clients the v5-style code paho
+        #: maps the return code to (4 -> 0x86, 5 -> 0x87, 1 -> 0x84, 2 -> 0x85, 3 -> 0x88)
         self.reason_code: int | None = None
         self.session_present = False
         self.connack_properties: Any = None

@@ -6,11 +6,20 @@ imports an event loop; the broker's shell runs what must be awaited.
 
 from __future__ import annotations
 
-from .dispatch import HookCaller, Hooks, PluginError
-from .loader import ENTRY_POINT_GROUP, PluginInfo, activate, discover, implemented_hooks
+from .dispatch import HookCaller, Hooks, PluginError, check_plugin
+from .loader import (
+    ENTRY_POINT_GROUP,
+    Check,
+    PluginInfo,
+    activate,
+    discover,
+    implemented_hooks,
+    preflight,
+)
 from .specs import RULES, hookimpl, hookspec
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "RULES", "HookCaller", "Hooks", "PluginError", "PluginInfo",
-    "activate", "discover", "hookimpl", "hookspec", "implemented_hooks",
+    "ENTRY_POINT_GROUP", "RULES", "Check", "HookCaller", "Hooks", "PluginError", "PluginInfo",
+    "activate", "check_plugin", "discover", "hookimpl", "hookspec", "implemented_hooks",
+    "preflight",
 ]

@@ -5,11 +5,16 @@ The rule: each combination rule of ``midge.hooks.specs`` is written once, in a s
 (``HookCaller.acall``); a hook no active plugin implements is None on ``Hooks``, so an
 unused hook costs one attribute test. ``async def`` broadcast implementations are not
 awaited here: they wait in a bounded queue per plugin that the broker's shell drains, so
-one slow plugin never stalls another. This module does no I/O and imports no event loop.
+one slow plugin never stalls another; how many of one plugin's deferred calls may run at
+once is the plugin's ``midge_concurrency`` (default 1: one at a time, in event order).
+Every plugin is checked before it is registered (``check_plugin``), and every problem is
+reported under the plugin's name, never as a pluggy traceback. This module does no I/O and
+imports no event loop.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 from collections import deque
@@ -41,12 +46,115 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class PluginError(Exception):
-    """A plugin cannot be activated (unknown, fails to load, bad table, bad hooks)."""
+#: the plugin attribute that sets how many deferred calls of it may run at once
+CONCURRENCY_ATTRIBUTE = "midge_concurrency"
 
-    def __init__(self, plugin: str, message: str) -> None:
+
+class PluginError(Exception):
+    """A plugin cannot be activated (unknown, fails to load, bad table, bad hooks).
+
+    ``plugin`` is the plugin's name (its entry point's, or the one an embedding program
+    gave); ``problems`` lists every problem found, each a sentence naming what is wrong.
+    """
+
+    def __init__(self, plugin: str, message: str, problems: Iterable[str] = ()) -> None:
         super().__init__(f"plugin {plugin!r}: {message}")
         self.plugin = plugin
+        self.problems: list[str] = list(problems) or [message]
+
+    @classmethod
+    def of(cls, plugin: str, problems: list[str]) -> PluginError:
+        """One error for all of a plugin's problems."""
+        if len(problems) == 1:
+            return cls(plugin, problems[0], problems)
+        return cls(plugin, f"{len(problems)} problems: " + "; ".join(problems), problems)
+
+
+def _required_args(func: Callable[..., Any]) -> tuple[str, ...]:
+    """The argument names pluggy passes to an implementation: its positional parameters
+    without a default, ``self`` excluded (pluggy's own reading of a signature)."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return ()
+    names = tuple(
+        name for name, param in sig.parameters.items()
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD)
+        and param.default is param.empty
+    )
+    if names[:1] == ("self",) and "." in getattr(func, "__qualname__", ""):
+        names = names[1:]
+    return names
+
+
+def _spec_args(hook: str) -> tuple[str, ...]:
+    return tuple(inspect.signature(getattr(specs, hook)).parameters)
+
+
+def check_plugin(plugin: Any) -> tuple[list[str], list[str]]:
+    """Every problem (errors) and every likely mistake (warnings) in a plugin object's
+    hook implementations, without registering it.
+
+    Errors: an ``@hookimpl`` whose name is no hook, an argument the hook does not have,
+    ``async def`` where the hook must be a plain function, a hook wrapper, a bad
+    ``midge_concurrency``. Warnings: a method named after a hook but not marked
+    ``@hookimpl`` (it would never be called), a plugin that implements no hook.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    if inspect.isclass(plugin):
+        return [f"is the class {plugin.__qualname__}, not an instance of it: pass "
+                f"{plugin.__qualname__}(config)"], []
+    implemented = 0
+    for attr in sorted(dir(plugin)):
+        if attr.startswith("__"):
+            continue
+        try:
+            value = getattr(plugin, attr)
+        except Exception:  # a property that fails is not a hook implementation
+            continue
+        if not inspect.isroutine(value):
+            continue
+        opts = getattr(value, "midge_impl", None)
+        if not isinstance(opts, dict):
+            if attr in RULES:
+                warnings.append(f"{attr} is not marked @hookimpl, so it is never called")
+            continue
+        hook = opts.get("specname") or attr
+        if hook not in RULES:
+            if opts.get("optionalhook"):
+                continue
+            close = difflib.get_close_matches(hook, list(RULES), n=1)
+            errors.append(f"unknown hook {hook!r}"
+                          + (f" (did you mean {close[0]!r}?)" if close else ""))
+            continue
+        implemented += 1
+        if opts.get("wrapper") or opts.get("hookwrapper"):
+            errors.append(f"{hook}: hook wrappers are not supported (midge combines "
+                          "implementations by the hook's rule, see docs/hooks.md)")
+            continue
+        _rule, may_be_async = RULES[hook]
+        if not may_be_async and (inspect.iscoroutinefunction(value)
+                                 or inspect.isasyncgenfunction(value)):
+            errors.append(f"{hook} must be a plain function, not async def "
+                          "(the broker calls it on the hot path and cannot await it)")
+        spec_args = _spec_args(hook)
+        names = _required_args(value)
+        unknown = [name for name in names if name not in spec_args]
+        if unknown:
+            which = ", ".join(repr(name) for name in unknown)
+            errors.append(
+                f"{hook}({', '.join(names)}): {'arguments' if len(unknown) > 1 else 'argument'}"
+                f" {which} {'are' if len(unknown) > 1 else 'is'} not among the hook's "
+                f"arguments ({', '.join(spec_args) or 'none'}); take any of them, by name"
+            )
+    concurrency = getattr(plugin, CONCURRENCY_ATTRIBUTE, 1)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        errors.append(f"{CONCURRENCY_ATTRIBUTE} must be an integer of at least 1, "
+                      f"not {concurrency!r}")
+    if not implemented and not errors:
+        warnings.append("implements no hook (no method is marked @hookimpl)")
+    return errors, warnings
 
 
 class Impl:
@@ -251,7 +359,7 @@ class Hooks:
     stored_retained_messages: HookCaller[[], list[Message]] | None
     stored_sys_info: HookCaller[[], dict[str, Any]] | None
 
-    def __init__(self, plugins: Iterable[tuple[str, Any]] = ()) -> None:
+    def __init__(self, plugins: Iterable[tuple[str, Any]] = (), *, warn: bool = True) -> None:
         self.manager = pluggy.PluginManager("midge")
         self.manager.add_hookspecs(specs)
         #: active plugin objects by name, in call order
@@ -263,7 +371,20 @@ class Hooks:
         #: called with a plugin's name when it has deferred calls to run (set by the
         #: shell that runs them; None: nothing runs them, so they are skipped)
         self.wake: Callable[[str], None] | None = None
+        #: how many deferred calls of each plugin may run at once (``midge_concurrency``)
+        self.concurrency: dict[str, int] = {}
+        #: likely mistakes found in each plugin (logged; ``midge plugins -c`` shows them)
+        self.warnings: dict[str, list[str]] = {}
         ordered = list(plugins)
+        for name, plugin in ordered:
+            errors, warnings = check_plugin(plugin)
+            if errors:
+                raise PluginError.of(name, errors)
+            for warning in warnings if warn else ():
+                log.warning("plugin %s: %s", name, warning)
+            if warnings:
+                self.warnings[name] = warnings
+            self.concurrency[name] = getattr(plugin, CONCURRENCY_ATTRIBUTE, 1)
         # pluggy calls the last registered first: register backwards so that the
         # configuration's order is the call order
         for name, plugin in reversed(ordered):
@@ -271,10 +392,14 @@ class Hooks:
                 self.manager.register(plugin, name=name)
             except ValueError as exc:
                 raise PluginError(name, str(exc)) from exc
+            except pluggy.PluginValidationError as exc:
+                # check_plugin found nothing, but pluggy did: still name the plugin
+                raise PluginError(name, " ".join(str(exc).split())) from exc
         try:
             self.manager.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(getattr(exc, "plugin_name", "?"), str(exc)) from exc
+            plugin_name = self.manager.get_name(exc.plugin) or "?"
+            raise PluginError(plugin_name, " ".join(str(exc).split())) from exc
         for name, plugin in ordered:
             self.plugins[name] = plugin
         for hook_name, (rule, may_be_async) in RULES.items():
@@ -336,8 +461,8 @@ class Hooks:
                             plugin, DEFER_LIMIT, dropped, what)
             return
         queue.append((what, awaitable))
-        if len(queue) == 1:
-            wake(plugin)
+        # the shell starts a worker unless the plugin has its limit of them running
+        wake(plugin)
 
     def discard_deferred(self) -> int:
         """Forget every deferred call that has not started; returns how many there were."""

@@ -12,7 +12,8 @@ Combination rules:
 broadcast
     every implementation runs; return values are ignored; an exception is logged with
     the plugin's name and the hook, and the others still run. ``async def``
-    implementations are awaited in order by a background worker, after the event.
+    implementations are awaited after the event by the plugin's worker, one call at a
+    time in event order (up to ``midge_concurrency`` at once if the plugin sets it).
 vote
     implementations run in order until one returns True (allow) or False (deny); None
     abstains. No decision is a denial. An exception counts as a denial.
@@ -22,6 +23,9 @@ pipeline
     than the documented rejection is logged and that plugin is skipped.
 first non-empty
     implementations run in order; the first non-empty result is used.
+first exception stops
+    implementations run in order until one raises or returns a refusal code (0x80 and
+    above); ``Refuse`` gives its code, any other exception refuses with 0x80.
 """
 
 from __future__ import annotations
@@ -119,8 +123,9 @@ def on_connect(client: Client, packet: Connect) -> int | None:
 def on_connect_authenticate(client: Client, packet: Connect) -> bool | None:
     """May this client connect with these credentials?
 
-    Vote: True allows, False denies, None abstains; no decision denies (CONNACK 0x86
-    when the client gave a user name, 0x87 otherwise). ``packet.username`` and
+    Vote: True allows, False denies, None abstains; no decision denies (CONNACK 0x86,
+    v3 return code 4, when the client gave a user name; 0x87, v3 return code 5,
+    otherwise). ``packet.username`` and
     ``packet.password`` hold the credentials. May be ``async def`` (run slow password
     hashing in a thread with ``anyio.to_thread.run_sync``).
     """
