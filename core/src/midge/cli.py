@@ -61,8 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="log line format"
     )
-    parser.add_argument("--version", action="version", version=f"midge {__version__}")
+    parser.add_argument("--version", action=VersionAction, nargs=0,
+                        help="show the version of midge and of the installed plugins")
     return parser
+
+
+class VersionAction(argparse.Action):
+    """``--version``: midge's version, then each installed plugin's distribution."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from .hooks import discover
+
+        lines = [f"midge {__version__}"]
+        for name, info in sorted(discover().items()):
+            lines.append(f"  plugin {name}: {info.distribution} {info.version}")
+        sys.stdout.write("\n".join(lines) + "\n")
+        parser.exit()
 
 
 def configure_logging(verbose: int, quiet: bool, fmt: str) -> None:
