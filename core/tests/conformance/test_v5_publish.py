@@ -36,10 +36,10 @@ from midge.codec import (
 )
 
 
-def _retain_many(broker: Any, prefix: str, count: int) -> None:
+def _retain_many(broker: Any, prefix: str, count: int, qos: int = 0) -> None:
     async def fill() -> None:
         for index in range(count):
-            await broker.broker.publish(f"{prefix}/{index}", b"r%d" % index, 0, True)
+            await broker.broker.publish(f"{prefix}/{index}", b"r%d" % index, qos, True)
 
     broker.call(fill)
 
@@ -154,7 +154,7 @@ def test_retain_handling_0_sends_every_matching_retained_message(broker: Any,
 def test_retain_handling_0_sends_more_than_1000_retained_messages(
     broker: Any, raw_factory: Factory, qos: int
 ) -> None:
-    _retain_many(broker, "many", 1200)
+    _retain_many(broker, "many", 1200, qos)
     sub = v5(raw_factory, f"many-sub{qos}")
     assert subscribe(sub, "many/#", qos) == [qos]
     got = {p.topic for p in drain(sub, wait=1.0) if isinstance(p, Publish)}
