@@ -113,3 +113,14 @@ def test_the_report_in_the_repository_is_current() -> None:
     current = report.REPORT.read_text(encoding="utf-8") if report.REPORT.exists() else ""
     assert current == report.generate(), (
         "docs/conformance.md is out of date: run python3 conformance/report.py")
+
+
+def test_the_readme_quotes_the_mqtt_5_totals() -> None:
+    five = next(m for m in MANIFESTS if m.stem == "mqtt-5.0")
+    total, _, tested, na, _ = report._counts(five.statements)
+    violated = len({v[0] for v in report._violations(five, TESTS)})
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    expected = (f"MQTT 5.0: {tested} of {total} statements tested directly over sockets, "
+                f"{violated} of them with a known violation")
+    assert expected in readme, f"README.md should say: {expected!r}"
+    assert f"{na} not applicable" in readme
