@@ -147,6 +147,18 @@ def test_retain_handling_0_sends_every_matching_retained_message(broker: Any,
     assert all(p.retain for p in got)
 
 
+@pytest.mark.mqtt5("MQTT-3.3.1-9", "MQTT-3.3.4-3")
+def test_retained_messages_sent_on_subscribe_carry_its_subscription_identifier(
+    broker: Any, raw_factory: Factory,
+) -> None:
+    _retain_many(broker, "rsid", 3, 1)
+    sub = v5(raw_factory, "rsid-sub")
+    assert subscribe(sub, "rsid/#", 1, sid=77) == [1]
+    got = [p for p in drain(sub) if isinstance(p, Publish)]
+    assert len(got) == 3
+    assert all(p.retain and p.properties[Property.SUBSCRIPTION_IDENTIFIER] == [77] for p in got)
+
+
 @pytest.mark.mqtt5("MQTT-3.3.1-9")
 @pytest.mark.parametrize("qos", [0, 1])
 @pytest.mark.xfail(strict=True, reason="midge violation: the retained messages sent on "
