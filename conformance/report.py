@@ -33,7 +33,8 @@ TEST_ROOTS = (ROOT / "core" / "tests",)
 MARKERS = {"mqtt-5.0": "mqtt5", "mqtt-3.1.1": "mqtt311"}
 STATUSES = ("tested", "not-applicable", "untestable-from-outside")
 BINDS = ("server", "client", "both")
-ID_PATTERN = re.compile(r"^MQTT-\d+(\.\d+)*-\d+$")
+#: MQTT-x.y.z-n; lenient, as the 3.1.1 text has a few tags such as MQTT-3-8.3-4
+ID_PATTERN = re.compile(r"^MQTT-[0-9][0-9.-]*[0-9]$")
 VIOLATION = "midge violation"
 
 #: chapter and section titles shared by both specifications (3.1.1 has no AUTH, 2.3 is its
