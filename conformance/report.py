@@ -3,6 +3,7 @@ and the generated report.
 
     python3 conformance/report.py          # write docs/conformance.md
     python3 conformance/report.py --check  # exit 1 when docs/conformance.md is out of date
+    python3 conformance/report.py --sync   # first copy the tests' markers into the manifests
 
 Standard library only. The manifests are ``conformance/mqtt-*.toml`` (one table per
 statement, see mqtt-5.0.toml); the tests are found by reading the test files with ``ast``
@@ -343,6 +344,45 @@ def render(manifests: list[Manifest], tests: dict[str, TestInfo],
     return "\n".join(lines)
 
 
+def sync(manifest: Manifest, tests: dict[str, TestInfo]) -> list[str]:
+    """Rewrite the one-line ``tests = [...]`` of each statement in ``manifest``'s file from
+    the markers; a statement a marker names becomes ``tested``. Returns what changed.
+
+    Statements written with a multi-line ``tests`` array are left alone (and reported).
+    A ``tested`` statement no marker names any more keeps its list, so that the manifest
+    test points at it and a person decides its new status.
+    """
+    marks = marked(tests, manifest.marker)
+    lines = manifest.path.read_text(encoding="utf-8").splitlines(keepends=True)
+    changes: list[str] = []
+    current = ""
+    status_line = -1
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped == "[[statement]]":
+            current, status_line = "", -1
+        elif stripped.startswith("id = "):
+            current = tomllib.loads(stripped)["id"]
+        elif stripped.startswith("status = "):
+            status_line = index
+        elif stripped.startswith("tests = ") and current in marks:
+            if not stripped.endswith("]"):
+                changes.append(f"{current}: multi-line tests array left alone")
+                continue
+            listed = tomllib.loads(stripped)["tests"]
+            wanted = marks[current]
+            if sorted(listed) != sorted(wanted):
+                lines[index] = "tests = [" + ", ".join(f'"{t}"' for t in wanted) + "]\n"
+                changes.append(f"{current}: tests {listed} -> {wanted}")
+            if status_line >= 0 and tomllib.loads(lines[status_line].strip())["status"] != (
+                    "tested"):
+                lines[status_line] = 'status = "tested"\n'
+                changes.append(f"{current}: status -> tested")
+    if changes:
+        manifest.path.write_text("".join(lines), encoding="utf-8")
+    return changes
+
+
 def generate() -> str:
     return render(load_manifests(), collect_tests(), load_choices())
 
@@ -351,7 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="exit 1 if docs/conformance.md differs from what would be written")
+    parser.add_argument("--sync", action="store_true",
+                        help="first update the manifests' test lists from the tests' markers")
     args = parser.parse_args(argv)
+    if args.sync:
+        tests = collect_tests()
+        for manifest in load_manifests():
+            for change in sync(manifest, tests):
+                sys.stdout.write(f"{manifest.path.name}: {change}\n")
     text = generate()
     if args.check:
         current = REPORT.read_text(encoding="utf-8") if REPORT.exists() else ""

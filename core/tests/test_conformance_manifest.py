@@ -99,7 +99,7 @@ def test_markers_and_manifest_agree(manifest: Any) -> None:
             problems.append(f"{sid}: manifest lists {statement.tests}, markers name {tests}")
         if statement.status != "tested" and tests:
             problems.append(f"{sid} is {statement.status} but {tests} name it")
-    assert not problems, problems
+    assert not problems, f"{problems} (python3 conformance/report.py --sync updates the lists)"
 
 
 def test_no_marker_names_a_specification_without_a_manifest() -> None:
