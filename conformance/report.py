@@ -3,6 +3,7 @@ and the generated report.
 
     python3 conformance/report.py          # write docs/conformance.md
     python3 conformance/report.py --check  # exit 1 when docs/conformance.md is out of date
+                                           # or manifests and markers disagree
     python3 conformance/report.py --sync   # first copy the tests' markers into the manifests
 
 Standard library only. The manifests are ``conformance/mqtt-*.toml`` (one table per
@@ -225,6 +226,64 @@ def load_choices(path: Path = CHOICES) -> list[dict[str, Any]]:
     return list(tomllib.loads(path.read_text(encoding="utf-8")).get("choice", []))
 
 
+# -- checking ------------------------------------------------------------------------------
+
+
+def problems(manifests: list[Manifest], tests: dict[str, TestInfo]) -> list[str]:
+    """Everything that makes the matrix untrue; empty when manifests and markers agree.
+
+    A statement id is malformed or duplicated; an entry lacks a field or has an unknown
+    ``binds``/``status``; not-applicable or untestable without a reason; a listed test does
+    not exist; a tested statement lists no test; a server-side statement has neither tests
+    nor a reason; a tested statement's list differs from the tests whose marker names it;
+    a marker names a statement missing from its manifest, or a specification without one.
+    """
+    out: list[str] = []
+    for manifest in manifests:
+        name = manifest.path.name
+        seen: set[str] = set()
+        for st in manifest.statements:
+            where = f"{name}: {st.id or '(no id)'}"
+            if st.id in seen:
+                out.append(f"{where}: duplicated id")
+            seen.add(st.id)
+            if not ID_PATTERN.match(st.id):
+                out.append(f"{where}: malformed id")
+            if st.binds not in BINDS:
+                out.append(f"{where}: binds {st.binds!r} is not one of {BINDS}")
+            if st.status not in STATUSES:
+                out.append(f"{where}: status {st.status!r} is not one of {STATUSES}")
+            if not st.section.strip() or not st.summary.strip():
+                out.append(f"{where}: no section or summary")
+            if st.status in ("not-applicable", "untestable-from-outside") and not st.reason.strip():
+                out.append(f"{where}: {st.status} without a reason")
+            for test_id in st.tests:
+                if test_id not in tests:
+                    out.append(f"{where}: lists {test_id}, which does not exist")
+            if st.status == "tested" and not st.tests:
+                out.append(f"{where}: tested, but lists no test")
+            if st.server_side and not st.tests and not st.reason.strip():
+                out.append(f"{where}: binds the server and has neither a test nor a reason")
+        marks = marked(tests, manifest.marker)
+        known = {st.id: st for st in manifest.statements}
+        for statement_id, test_ids in marks.items():
+            if statement_id not in known:
+                out.append(f"{name}: {test_ids} name {statement_id}, which it does not have")
+        for statement_id, st in known.items():
+            test_ids = marks.get(statement_id, [])
+            if st.status == "tested" and sorted(st.tests) != sorted(test_ids):
+                out.append(f"{name}: {statement_id} lists {st.tests}, but the tests marked "
+                           f"with it are {test_ids} (report.py --sync updates the list)")
+            elif st.status != "tested" and test_ids:
+                out.append(f"{name}: {statement_id} is {st.status}, but {test_ids} name it")
+    present = {m.marker for m in manifests}
+    for marker in sorted(set(MARKERS.values()) - present):
+        orphans = [t.id for t in tests.values() if marker in t.marks]
+        if orphans:
+            out.append(f"@pytest.mark.{marker} is used by {orphans} but has no manifest")
+    return out
+
+
 # -- writing -------------------------------------------------------------------------------
 
 
@@ -401,12 +460,15 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(f"{manifest.path.name}: {change}\n")
     text = generate()
     if args.check:
+        found = problems(load_manifests(), collect_tests())
+        for problem in found:
+            sys.stderr.write(problem + "\n")
         current = REPORT.read_text(encoding="utf-8") if REPORT.exists() else ""
         if current != text:
             sys.stderr.write("docs/conformance.md is out of date: run "
                              "python3 conformance/report.py\n")
             return 1
-        return 0
+        return 1 if found else 0
     REPORT.write_text(text, encoding="utf-8")
     sys.stdout.write(f"wrote {REPORT.relative_to(ROOT)}\n")
     return 0
