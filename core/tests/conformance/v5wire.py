@@ -2,7 +2,9 @@
 and waits that end on a specific packet (never on a fixed sleep when a packet can tell).
 
 Bytes for malformed input are written out here, independently of the codec under test;
-well-formed packets are encoded with ``midge.codec``.
+well-formed packets are encoded with ``midge.codec``. The clients are the ``RawClient`` of
+core/tests/conftest.py (through the ``raw_factory`` fixture); this module does not import
+``conftest``, so a conftest.py in this directory cannot shadow it.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
-
-from conftest import RawClient
 
 from midge.codec import (
     ConnAck,
@@ -119,7 +119,7 @@ def connect_raw(raw_factory: Factory, packet: Connect, port: int | None = None) 
     return raw
 
 
-def subscribe(raw: RawClient, topic_filter: str, qos: int = 0, packet_id: int = 1,
+def subscribe(raw: Any, topic_filter: str, qos: int = 0, packet_id: int = 1,
               no_local: bool = False, retain_as_published: bool = False,
               retain_handling: int = 0, sid: int | None = None) -> list[int]:
     """One SUBSCRIBE; returns the SUBACK reason codes (the packet id is checked)."""
@@ -131,14 +131,14 @@ def subscribe(raw: RawClient, topic_filter: str, qos: int = 0, packet_id: int = 
     return list(suback.reason_codes)
 
 
-def unsubscribe(raw: RawClient, *filters: str, packet_id: int = 1) -> list[int]:
+def unsubscribe(raw: Any, *filters: str, packet_id: int = 1) -> list[int]:
     raw.send(Unsubscribe(packet_id, list(filters)))
     unsuback = next_of(raw, UnsubAck)
     assert unsuback.packet_id == packet_id, unsuback
     return list(unsuback.reason_codes)
 
 
-def publish(raw: RawClient, topic: str, payload: bytes = b"x", qos: int = 0,
+def publish(raw: Any, topic: str, payload: bytes = b"x", qos: int = 0,
             retain: bool = False, packet_id: int = 1, dup: bool = False,
             **properties: Any) -> Packet | None:
     """Publish and finish the flow (QoS 2: PUBREC, PUBREL, PUBCOMP); returns the PUBACK or
@@ -157,14 +157,14 @@ def publish(raw: RawClient, topic: str, payload: bytes = b"x", qos: int = 0,
     return None
 
 
-def next_of(raw: RawClient, kind: type[Any], timeout: float = 3.0) -> Any:
+def next_of(raw: Any, kind: type[Any], timeout: float = 3.0) -> Any:
     """The next packet, which must be a ``kind``."""
     packet = raw.recv(timeout)
     assert isinstance(packet, kind), f"expected {kind.__name__}, got {packet!r}"
     return packet
 
 
-def expect_publish(raw: RawClient, timeout: float = 3.0, ack: bool = True) -> Publish:
+def expect_publish(raw: Any, timeout: float = 3.0, ack: bool = True) -> Publish:
     """The next PUBLISH (acknowledged at QoS 1 when ``ack``)."""
     packet = next_of(raw, Publish, timeout)
     if ack and packet.qos == 1:
@@ -172,7 +172,7 @@ def expect_publish(raw: RawClient, timeout: float = 3.0, ack: bool = True) -> Pu
     return packet
 
 
-def quiet(raw: RawClient, wait: float = 0.3) -> None:
+def quiet(raw: Any, wait: float = 0.3) -> None:
     """Nothing arrives for ``wait`` seconds and the connection stays open."""
     try:
         packet = raw.recv(timeout=wait)
@@ -183,7 +183,7 @@ def quiet(raw: RawClient, wait: float = 0.3) -> None:
     raise AssertionError(f"unexpected packet {packet!r}")
 
 
-def drain(raw: RawClient, wait: float = 0.3, limit: int = 5000) -> list[Packet]:
+def drain(raw: Any, wait: float = 0.3, limit: int = 5000) -> list[Packet]:
     """Every packet until the connection is quiet for ``wait`` seconds (QoS 1 PUBLISHes are
     acknowledged); fails if the connection closes."""
     out: list[Packet] = []
@@ -200,7 +200,7 @@ def drain(raw: RawClient, wait: float = 0.3, limit: int = 5000) -> list[Packet]:
     raise AssertionError(f"more than {limit} packets")
 
 
-def closed_with(raw: RawClient, code: int, kind: type[Any] = Disconnect,
+def closed_with(raw: Any, code: int, kind: type[Any] = Disconnect,
                 timeout: float = 3.0) -> Any:
     """The broker's last packet is ``kind`` with ``code`` and then it closes."""
     packets = raw.packets_until_close(timeout)
@@ -210,7 +210,7 @@ def closed_with(raw: RawClient, code: int, kind: type[Any] = Disconnect,
     return last
 
 
-def closed_silently(raw: RawClient, timeout: float = 3.0) -> None:
+def closed_silently(raw: Any, timeout: float = 3.0) -> None:
     """The broker closes without sending anything."""
     assert raw.packets_until_close(timeout) == []
 
@@ -224,7 +224,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def raw_bytes_until_quiet(raw: RawClient, wait: float = 0.3) -> bytes:
+def raw_bytes_until_quiet(raw: Any, wait: float = 0.3) -> bytes:
     """The bytes the broker sends until it is quiet for ``wait`` seconds (not decoded)."""
     out = bytearray()
     for _ in range(1000):
