@@ -176,3 +176,10 @@ def test_a_malformed_packet_or_protocol_error_closes_the_connection(
     raw.send(data)
     packets = raw.packets_until_close()
     assert len(packets) == 1 and packets[0].reason_code >= 0x80, packets
+
+
+@pytest.mark.mqtt5("MQTT-3.1.3-3", "MQTT-3.1.4-1")
+def test_a_connect_without_a_client_identifier_is_malformed(raw_factory: Factory) -> None:
+    raw = raw_factory(level=5)
+    raw.send(frame(0x10, s("MQTT"), bytes((5, 0x02)), b"\x00\x3c", props()))
+    closed_with(raw, ReasonCode.MALFORMED_PACKET, ConnAck)
