@@ -45,19 +45,10 @@ class Clock:
 
 
 class FakeDriver:
-    """A transport that takes everything at once (or nothing, with ``stuck``)."""
+    """A transport that takes everything at once."""
 
     def __init__(self) -> None:
         self.flushes = 0
-        self.stuck_frames = 0
-
-    @property
-    def backlog(self) -> int:
-        return self.stuck_frames
-
-    @property
-    def backlog_bytes(self) -> int:
-        return 0
 
     def schedule_flush(self) -> None:
         self.flushes += 1

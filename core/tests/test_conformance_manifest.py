@@ -12,6 +12,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,12 +52,14 @@ def test_the_report_in_the_repository_is_current() -> None:
         "docs/conformance.md is out of date: run python3 conformance/report.py")
 
 
-def test_the_readme_quotes_the_mqtt_5_totals() -> None:
-    five = next(m for m in MANIFESTS if m.stem == "mqtt-5.0")
-    total, _, tested, na, _ = report._counts(five.statements)
-    violated = len({v[0] for v in report._violations(five, TESTS)})
+@pytest.mark.parametrize(("stem", "name"), [("mqtt-5.0", "MQTT 5.0"),
+                                            ("mqtt-3.1.1", "MQTT 3.1.1")])
+def test_the_readme_quotes_the_totals(stem: str, name: str) -> None:
+    manifest = next(m for m in MANIFESTS if m.stem == stem)
+    total, _, tested, na, _ = report._counts(manifest.statements)
+    violated = len({v[0] for v in report._violations(manifest, TESTS)})
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
-    expected = (f"MQTT 5.0: {tested} of {total} statements tested directly over sockets, "
+    expected = (f"{name}: {tested} of {total} statements tested directly over sockets, "
                 f"{violated} of them with a known violation")
     assert expected in readme, f"README.md should say: {expected!r}"
     assert f"{na} not applicable" in readme

@@ -88,8 +88,10 @@ class Session:
         self.expired: list[Outbound] = []
         self._next_id = 1
 
-    def enqueue(self, out: Outbound) -> Enqueued:
-        """Take a QoS 1/2 delivery; SEND means ``out.packet_id`` is set and it must go now."""
+    def enqueue(self, out: Outbound, bounded: bool = True) -> Enqueued:
+        """Take a QoS 1/2 delivery; SEND means ``out.packet_id`` is set and it must go now.
+        ``bounded=False`` queues it beyond ``max_queued`` (the retained messages a
+        subscription asks for, which the client must be sent in full)."""
         # with the window as large as the id space, a full window means no id is left
         exhausted = self.online and len(self.inflight) >= PACKET_ID_MAX
         if self.online and not self.pending and len(self.inflight) < self.max_inflight:
@@ -99,7 +101,7 @@ class Session:
                 self.inflight[pid] = out
                 return Enqueued.SEND
             exhausted = True
-        if len(self.pending) >= self.max_queued:
+        if bounded and len(self.pending) >= self.max_queued:
             return Enqueued.DROPPED
         self.pending.append(out)
         return Enqueued.NO_PACKET_ID if exhausted else Enqueued.QUEUED

@@ -337,10 +337,6 @@ def test_session_present_tells_whether_a_session_was_stored(raw_factory: Factory
 
 
 @pytest.mark.mqtt311("MQTT-3.2.2-2")
-@pytest.mark.xfail(strict=True, reason=(
-    "midge deviation from MQTT 3.1 (3.1.1 is met): a resumed 3.1 session is answered "
-    "with Session Present 1, but 3.1 has no such flag (the CONNACK's first byte is "
-    "reserved, 0)"))
 def test_mqtt_3_1_connack_has_no_session_present_flag(raw_factory: Factory) -> None:
     raw = raw_factory(level=V31)
     assert raw.connect("sp31", V31, clean_start=False) == ConnAck(0, False)
@@ -400,10 +396,6 @@ def test_pings_keep_a_client_connected_and_are_answered(raw_factory: Factory) ->
 
 
 @pytest.mark.mqtt311("MQTT-3.2.2-6")
-@pytest.mark.xfail(strict=True, reason=(
-    "midge violation: a v3 keepalive above max_keepalive is refused with CONNACK 0x02 "
-    "Identifier rejected, a code about the client id; no return code applies, so the "
-    "connection must close without a CONNACK (arguable: Mosquitto answers the same way)"))
 def test_a_keepalive_above_the_maximum_gets_no_inapplicable_return_code(
     broker_factory: Factory, raw_factory: Factory
 ) -> None:

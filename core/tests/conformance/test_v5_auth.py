@@ -175,8 +175,6 @@ def test_reauthentication_with_another_method_is_a_protocol_error(
 
 
 @pytest.mark.mqtt5("MQTT-3.15.2-2", "MQTT-3.15.2-3")
-@pytest.mark.xfail(strict=True, reason="midge violation: an AUTH carries the plugin's Reason "
-                   "String even when that exceeds the client's Maximum Packet Size")
 def test_auth_leaves_out_a_reason_string_that_does_not_fit(broker_factory: Factory,
                                                            raw_factory: Factory) -> None:
     running = broker_factory(allow_anonymous=False,

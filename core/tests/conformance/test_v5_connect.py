@@ -316,8 +316,6 @@ def test_an_empty_client_id_gets_a_unique_assigned_identifier(raw_factory: Facto
 
 
 @pytest.mark.mqtt5("MQTT-3.1.3-6", "MQTT-3.1.3-7")
-@pytest.mark.xfail(strict=True, reason="midge violation: an empty v5 client id with Clean "
-                   "Start 0 is refused with CONNACK 0x85 instead of being assigned one")
 def test_an_empty_client_id_with_clean_start_0_is_assigned_one(raw_factory: Factory) -> None:
     raw = v5(raw_factory, "", clean=False, expiry=300)
     assert raw.connack.properties[Property.ASSIGNED_CLIENT_IDENTIFIER]

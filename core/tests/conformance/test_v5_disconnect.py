@@ -71,8 +71,6 @@ def test_a_protocol_error_disconnect_is_the_last_packet(raw_factory: Factory) ->
 
 
 @pytest.mark.mqtt5("MQTT-3.14.2-3", "MQTT-3.14.2-4")
-@pytest.mark.xfail(strict=True, reason="midge violation: a server DISCONNECT carries its "
-                   "Reason String even when that exceeds the client's Maximum Packet Size")
 def test_a_server_disconnect_leaves_out_a_reason_string_that_does_not_fit(
     broker: Any, raw_factory: Factory,
 ) -> None:

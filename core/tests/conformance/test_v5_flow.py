@@ -292,8 +292,6 @@ def test_pubrel_and_pubcomp_carry_no_reason_string_for_a_small_client(
 
 
 @pytest.mark.mqtt5("MQTT-3.4.2-2", "MQTT-3.4.2-3")
-@pytest.mark.xfail(strict=True, reason="midge violation: a PUBACK with a Reason String is "
-                   "sent even when it exceeds the client's Maximum Packet Size")
 def test_puback_leaves_out_a_reason_string_that_does_not_fit(raw_factory: Factory) -> None:
     raw = v5(raw_factory, "tiny-puback", maximum_packet_size=16)
     raw.send(Publish("tp/t", b"\xff", 1, packet_id=1,
@@ -303,8 +301,6 @@ def test_puback_leaves_out_a_reason_string_that_does_not_fit(raw_factory: Factor
 
 
 @pytest.mark.mqtt5("MQTT-3.5.2-2", "MQTT-3.5.2-3")
-@pytest.mark.xfail(strict=True, reason="midge violation: a PUBREC with a Reason String is "
-                   "sent even when it exceeds the client's Maximum Packet Size")
 def test_pubrec_leaves_out_a_reason_string_that_does_not_fit(raw_factory: Factory) -> None:
     raw = v5(raw_factory, "tiny-pubrec", maximum_packet_size=16)
     raw.send(Publish("tp/t", b"\xff", 2, packet_id=1,

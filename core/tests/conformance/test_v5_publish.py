@@ -161,8 +161,6 @@ def test_retained_messages_sent_on_subscribe_carry_its_subscription_identifier(
 
 @pytest.mark.mqtt5("MQTT-3.3.1-9")
 @pytest.mark.parametrize("qos", [0, 1])
-@pytest.mark.xfail(strict=True, reason="midge violation: the retained messages sent on "
-                   "subscribe are cut at max_queued_messages (1,000): the rest are dropped")
 def test_retain_handling_0_sends_more_than_1000_retained_messages(
     broker: Any, raw_factory: Factory, qos: int
 ) -> None:

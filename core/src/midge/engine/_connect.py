@@ -107,6 +107,8 @@ class ConnectFlow:
         conn.username = packet.username
         if v5:  # also for the AUTH packets of an enhanced-authentication exchange
             conn.problem_info = props.get(Property.REQUEST_PROBLEM_INFORMATION, 1) == 1
+            outbox = conn.outbox
+            outbox.max_packet = props.get(Property.MAXIMUM_PACKET_SIZE, outbox.max_packet)
         keepalive = packet.keepalive
         server_keepalive = None
         max_keepalive = limits.max_keepalive
@@ -114,11 +116,13 @@ class ConnectFlow:
             if v5:
                 server_keepalive = keepalive = max_keepalive
             elif keepalive > max_keepalive:
-                # v3 cannot be told another keepalive; Mosquitto answers the same way
-                return self._refuse(
-                    conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-                    f"keepalive {keepalive} s exceeds max_keepalive {max_keepalive}",
-                )
+                # v3 cannot be told another keepalive, and no v3 return code says "your
+                # keepalive": the connection is closed without a CONNACK [MQTT-3.2.2-6]
+                why = f"keepalive {keepalive} s exceeds max_keepalive {max_keepalive}"
+                log.warning("client %s from %s refused: %s (closed without CONNACK)",
+                            conn.name, conn.remote, why)
+                conn.close(None, f"refused: {why}")
+                return None
         will = packet.will
         if will is not None:
             # a will the broker could not publish is refused up front [MQTT-3.2.2-12]
@@ -198,9 +202,7 @@ class ConnectFlow:
             receive_max = props.get(Property.RECEIVE_MAXIMUM)
             if receive_max:
                 session.max_inflight = min(receive_max, registry.max_inflight)
-            outbox = conn.outbox
-            outbox.max_packet = props.get(Property.MAXIMUM_PACKET_SIZE, outbox.max_packet)
-            outbox.alias_max = props.get(Property.TOPIC_ALIAS_MAXIMUM, 0)
+            conn.outbox.alias_max = props.get(Property.TOPIC_ALIAS_MAXIMUM, 0)
             expiry = props.get(Property.SESSION_EXPIRY_INTERVAL, 0)
             if expiry > limits.session_expiry_max:
                 expiry = limits.session_expiry_max
@@ -218,7 +220,8 @@ class ConnectFlow:
         if v5:
             self._connack_properties(ack_props, conn, pending)
             ack_props.update(auth_props)
-        conn.send(ConnAck(0, present, ack_props))
+        # MQTT 3.1 has no Session Present flag: its CONNACK's first byte is reserved
+        conn.send(ConnAck(0, present and level != PROTOCOL_31, ack_props))
         clients_log.info(
             "client %s connected from %s (MQTT %s, clean=%s, keepalive=%d, session present=%s)",
             cid, conn.remote, _LEVELS[level], packet.clean_start, pending.keepalive, present,

@@ -8,9 +8,10 @@ for the socket; the listener's driver takes the bytes once per event-loop turn.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Protocol
 
-from ..codec import MAX_VARINT, encode
+from ..codec import MAX_VARINT, PROTOCOL_311, Property, Publish, encode
 
 if TYPE_CHECKING:
     from ..api import Client
@@ -20,20 +21,15 @@ if TYPE_CHECKING:
 
 #: why a delivery was withheld: larger than the client said it accepts
 TOO_LARGE = "larger than the client's maximum"
+#: properties a packet may lose rather than exceed the client's Maximum Packet Size
+_DIAGNOSTICS = (Property.REASON_STRING, Property.USER_PROPERTY)
 #: the largest packet the protocol can carry: a 5-byte fixed header and the largest body
 _PROTOCOL_MAXIMUM = MAX_VARINT + 5
 
 
 class Driver(Protocol):
-    """What a listener provides to move one connection's bytes."""
-
-    @property
-    def backlog(self) -> int:
-        """Frames handed to the transport that it has not been able to send yet."""
-
-    @property
-    def backlog_bytes(self) -> int:
-        """Bytes handed to the transport that it has not been able to send yet."""
+    """What a listener provides to move one connection's bytes. After each write to its
+    transport it tells the outbox what the transport has not sent yet (``report``)."""
 
     def schedule_flush(self) -> None:
         """Take the outbox's bytes soon (once per event-loop turn at most); when the
@@ -45,7 +41,7 @@ class Outbox:
 
     __slots__ = (
         "_bytes", "_count", "_driver", "_hooks", "_out", "_owner", "alias_max", "aliases",
-        "level", "max_packet", "sealed",
+        "level", "max_packet", "sealed", "stuck", "waiting",
     )
 
     def __init__(self, driver: Driver, hooks: Hooks, owner: Client) -> None:
@@ -55,6 +51,12 @@ class Outbox:
         self._out: list[bytes] = []
         self._count = 0
         self._bytes = 0
+        #: frames the transport has not been able to send: what really waits for a slow
+        #: client (what this loop turn wrote is not counted: it goes out at the turn's end,
+        #: however much one read or one SUBSCRIBE produced); told by the driver
+        self.stuck = 0
+        #: bytes waiting for the client: written this turn, or stuck in the transport
+        self.waiting = 0
         #: the protocol level packets are encoded for (set from CONNECT)
         self.level = 0
         #: the client's Maximum Packet Size (v5); deliveries above it are not sent
@@ -66,17 +68,10 @@ class Outbox:
         #: nothing more is accepted (the connection is closing)
         self.sealed = False
 
-    @property
-    def backlog(self) -> int:
-        """Frames the transport has not been able to send: what really waits for a slow
-        client. What this loop turn wrote is not counted: it goes out at the turn's end,
-        however much one read or one SUBSCRIBE produced."""
-        return self._driver.backlog
-
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes waiting for the client: written this turn, or stuck in the transport."""
-        return self._bytes + self._driver.backlog_bytes
+    def report(self, stuck_frames: int, stuck_bytes: int) -> None:
+        """The driver wrote to its transport: what the transport still holds."""
+        self.stuck = stuck_frames
+        self.waiting = stuck_bytes + self._bytes
 
     def write(self, data: bytes) -> None:
         """Queue encoded bytes; never blocks."""
@@ -85,6 +80,7 @@ class Outbox:
         self._out.append(data)
         self._count += 1
         self._bytes += len(data)
+        self.waiting += len(data)
         if self._count == 1:
             self._driver.schedule_flush()
 
@@ -107,10 +103,25 @@ class Outbox:
         hooks = self._hooks
         if hooks.on_packet_encode is not None:
             packet = hooks.on_packet_encode(self._owner, packet)
-        data = encode(packet, self.level or 4)
+        data = encode(packet, self.level or PROTOCOL_311)
+        if len(data) > self.max_packet:
+            data, packet = self._trimmed(packet, data)
         self.write(data)
         if hooks.on_packet_sent is not None:
             hooks.on_packet_sent(self._owner, packet, data)
+
+    def _trimmed(self, packet: Packet, data: bytes) -> tuple[bytes, Packet]:
+        """A packet over the client's maximum without its Reason String and User
+        Properties, which the server must leave out rather than exceed it (MQTT 5
+        3.4.2.2.2 and the like, [MQTT-3.4.2-2] [MQTT-3.4.2-3])."""
+        props = getattr(packet, "properties", None)
+        if not props or isinstance(packet, Publish):
+            return data, packet
+        kept = {k: v for k, v in props.items() if k not in _DIAGNOSTICS}
+        if len(kept) == len(props):
+            return data, packet
+        slim = dataclasses.replace(packet, properties=kept)  # type: ignore[arg-type, type-var]
+        return encode(slim, self.level or PROTOCOL_311), slim
 
     def publish(self, message: Message, qos: int, retain: bool, packet_id: int = 0,
                 subscription_ids: tuple[int, ...] = (), dup: bool = False,
@@ -118,21 +129,28 @@ class Outbox:
         """Frame and queue one delivery; returns why it was withheld, or None. ``now``
         is the engine's time, for a message with an expiry interval."""
         level = self.level
-        alias = 0
-        known = False
         if self.alias_max:
             frame, alias, known = self._frame_aliased(message, qos, retain, packet_id,
                                                       subscription_ids, dup, now)
         else:
-            frame = message.frame(level, qos, retain, packet_id, subscription_ids, dup,
-                                  now=now)
+            frame = message.frame(level, qos, retain, packet_id, subscription_ids, dup, 0,
+                                  False, now)
+            alias = 0
+            known = False
         if len(frame) > self.max_packet:
             return TOO_LARGE
         if self._hooks.packet_hooks:
             self.send(message.publish(level, qos, retain, packet_id, subscription_ids, dup,
                                       alias, known, now))
-        else:
-            self.write(frame)
+        elif not self.sealed:
+            # write() inlined: this is the delivery hot path
+            self._out.append(frame)
+            self._count += 1
+            size = len(frame)
+            self._bytes += size
+            self.waiting += size
+            if self._count == 1:
+                self._driver.schedule_flush()
         return None
 
     def _frame_aliased(

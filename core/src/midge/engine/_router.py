@@ -183,9 +183,10 @@ class Router:
 
     def deliver(
         self, client_id: str, message: Message, qos: int, retain: bool,
-        subscription_ids: tuple[int, ...] = (),
+        subscription_ids: tuple[int, ...] = (), bounded: bool = True,
     ) -> None:
-        """Send one message to one client now, or queue it in its session."""
+        """Send one message to one client now, or queue it in its session (beyond its
+        queue limit when not ``bounded``: the retained messages a SUBSCRIBE asked for)."""
         conn = self._clients.get(client_id)
         now = None
         if message.expires_at is not None:
@@ -196,12 +197,11 @@ class Router:
             if conn is None:
                 return None
             outbox = conn.outbox
-            if (outbox.backlog >= self._max_queued
-                    or outbox.queued_bytes >= self._max_queued_bytes):
+            if outbox.stuck >= self._max_queued or outbox.waiting >= self._max_queued_bytes:
                 return self.dropped(conn, message, "outbound buffer full")
             if not self._access.allowed(conn, message.topic, False):
                 return self.dropped(conn, message, "not authorized")
-            why = outbox.publish(message, 0, retain, 0, subscription_ids, now=now)
+            why = outbox.publish(message, 0, retain, 0, subscription_ids, False, now)
             if why is not None:
                 return self.dropped(conn, message, why)
             self._stats.messages_sent += 1
@@ -210,7 +210,7 @@ class Router:
         if session is None:
             return None
         out = Outbound(message, qos, retain, subscription_ids)
-        result = session.enqueue(out)
+        result = session.enqueue(out, bounded)
         if result is Enqueued.SEND:
             assert conn is not None
             self.write_publish(conn, out)

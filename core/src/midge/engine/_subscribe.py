@@ -104,9 +104,11 @@ class SubscribeFlow:
         for sub, new in granted:
             if sub.retain_handling == 2 or (sub.retain_handling == 1 and not new):
                 continue
+            # the server must send every matching retained message [MQTT-3.3.1-9]
+            # ([MQTT-3.3.1-6] in 3.1.1): they are not cut at the session queue's limit
             for message in router.retained_for(sub.topic_filter):
                 router.deliver(session.client_id, message, min(message.qos, sub.qos), True,
-                               (sid,) if sid else ())
+                               (sid,) if sid else (), bounded=False)
                 if hooks.on_retain_published is not None:
                     hooks.on_retain_published(conn, message)
 

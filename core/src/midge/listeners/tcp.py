@@ -153,6 +153,8 @@ class AsyncioDriver(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         self.paused_frames = 0
+        if self.conn is not None and self.transport is not None:
+            self.conn.outbox.report(0, self.transport.get_write_buffer_size())
 
     # -- the Connection's side -------------------------------------------------------------
 
@@ -171,6 +173,7 @@ class AsyncioDriver(asyncio.Protocol):
             if self._paused:
                 self.paused_frames += frames
             transport.write(data)
+            conn.outbox.report(self.paused_frames, transport.get_write_buffer_size())
         if conn.closing and self._abort_handle is None:
             # half-close: our last words go out, then FIN; the client may still be sending
             # (PUBRELs after a DISCONNECT, say), and closing outright would answer those
@@ -184,17 +187,6 @@ class AsyncioDriver(asyncio.Protocol):
             except OSError:
                 # the peer reset the connection meanwhile: nothing left to say
                 transport.abort()
-
-    @property
-    def backlog(self) -> int:
-        return self.paused_frames
-
-    @property
-    def backlog_bytes(self) -> int:
-        transport = self.transport
-        if transport is None or self._closed:
-            return 0
-        return transport.get_write_buffer_size()
 
 
 # -- anyio streams: a reader task and a writer task per connection -------------------------
@@ -251,14 +243,6 @@ class StreamDriver:
         self._wake = anyio.Event()
         self._reader: anyio.CancelScope | None = None
 
-    @property
-    def backlog(self) -> int:
-        return 0  # a send in progress holds what the stream has not taken
-
-    @property
-    def backlog_bytes(self) -> int:
-        return 0
-
     def schedule_flush(self) -> None:
         self._wake.set()
 
@@ -300,8 +284,11 @@ class StreamDriver:
             self._wake = anyio.Event()
             # what was written while a send was under way goes out before any close
             while (data := conn.take_output()[0]):
+                # the send in progress holds what the stream has not taken
+                conn.outbox.report(0, len(data))
                 try:
                     await self.stream.send(data)
+                    conn.outbox.report(0, 0)
                 except _CLOSED:
                     if self._reader is not None:
                         self._reader.cancel()
