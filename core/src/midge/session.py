@@ -54,6 +54,7 @@ class Session:
         "max_inflight",
         "max_queued",
         "online",
+        "owner",
         "pending",
         "subscriptions",
     )
@@ -63,8 +64,12 @@ class Session:
         client_id: str,
         max_inflight: int = 20,
         max_queued: int = 1000,
+        owner: str | None = None,
     ) -> None:
         self.client_id = client_id
+        #: the user name that created the session; only that user may take it over or
+        #: resume it (None: a client without a user name)
+        self.owner = owner
         #: topic filter -> (subscription, subscription identifier or 0)
         self.subscriptions: dict[str, tuple[Subscription, int]] = {}
         #: packet id -> delivery sent and not yet completed, in send order

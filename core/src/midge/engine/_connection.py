@@ -29,6 +29,7 @@ from ..codec import (
     connack_code_v3,
 )
 from ..errors import DropPacket
+from ..logsafe import safe
 from ._outbox import Driver, Outbox
 from ._state import ALLOWED, State
 
@@ -107,7 +108,7 @@ class Connection:
     @property
     def name(self) -> str:
         """The client id once known, else the remote address, for log lines."""
-        return self.client_id or f"<{self.remote}>"
+        return safe(self.client_id) if self.client_id else f"<{self.remote}>"
 
     @property
     def protocol_level(self) -> int:
@@ -260,7 +261,7 @@ class Connection:
 
     def protocol_error(self, exc: RemoteProtocolError) -> None:
         """Answer a protocol violation as the specification says, then close."""
-        log.warning("client %s: protocol error: %s", self.name, exc)
+        log.warning("client %s: protocol error: %s", self.name, safe(exc, 256))
         self.close_reason = f"protocol error: {exc.message}"
         if self.state is not State.CONNECTED:
             if isinstance(exc, UnsupportedProtocolVersion):

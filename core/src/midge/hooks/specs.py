@@ -87,7 +87,8 @@ def on_reload(broker: BrokerHandle) -> None:
     """The operator asked for a reload (SIGHUP): re-read files such as a ledger.
 
     A midge addition to mochi-mqtt's list. Keep the old state when the new one is
-    invalid, and log why. Return value ignored.
+    invalid, and log why. Return value ignored. ``async def`` implementations are awaited:
+    cached ACL decisions are cleared only once every implementation has finished.
     """
 
 
@@ -122,7 +123,9 @@ def on_connect_authenticate(client: Client, packet: Connect) -> bool | None:
     Vote: True allows, False denies, None abstains; no decision denies (CONNACK 0x86
     when the client gave a user name, 0x87 otherwise). ``packet.username`` and
     ``packet.password`` hold the credentials. May be ``async def`` (run slow password
-    hashing in a thread with ``anyio.to_thread.run_sync``).
+    hashing in a thread with ``anyio.to_thread.run_sync``). Raise ``midge.Refuse(code)``
+    to refuse with another reason code than a denial's, for example 0x89 Server busy
+    when the attempt waited too long for a hashing slot, or 0x8A Banned.
     """
 
 
