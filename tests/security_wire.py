@@ -44,7 +44,8 @@ class Raw:
         data = packet if isinstance(packet, bytes) else encode(packet, self.level)
         self.sock.sendall(data)
 
-    def connect(self, client_id: str, **kwargs: Any) -> Packet:
+    def connect(self, client_id: str, **kwargs: Any) -> Any:
+        """Send CONNECT; the answer (a ConnAck, read as ``.reason_code``)."""
         self.send(Connect(client_id, self.level, **kwargs))
         return self.recv()
 

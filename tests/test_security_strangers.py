@@ -94,12 +94,12 @@ def test_an_address_that_keeps_failing_is_banned(
         1000, ban_after=3, failure_delay=0)})
     for _ in range(3):
         assert Raw(broker.port, source="127.0.0.3").connect(
-            "x", **creds("alice", "wrong")).reason_code == 0x86  # type: ignore[attr-defined]
+            "x", **creds("alice", "wrong")).reason_code == 0x86
     # banned: even the right password is refused, with no hash computed
     assert Raw(broker.port, source="127.0.0.3").connect(
-        "x", **creds("alice")).reason_code == 0x8A  # type: ignore[attr-defined]
+        "x", **creds("alice")).reason_code == 0x8A
     # another address is not
-    assert Raw(broker.port).connect("y", **creds("alice")).reason_code == 0  # type: ignore[attr-defined]
+    assert Raw(broker.port).connect("y", **creds("alice")).reason_code == 0
     counters = plugin_of(broker).counters()
     assert counters["bans"] == 1 and counters["banned_refusals"] == 1
     assert counters["login_failures"] == 3
@@ -147,9 +147,9 @@ def test_an_unknown_user_takes_as_long_as_a_known_one(
             start = time.monotonic()
             answer = Raw(broker.port).connect("t", **creds(user, "wrong"))
             seen.append(time.monotonic() - start)
-            assert answer.reason_code == 0x86  # type: ignore[attr-defined]
+            assert answer.reason_code == 0x86
     known, unknown = (statistics.median(times[user]) for user in ("alice", "nobody"))
-    print(f"\nwrong password: known user {known * 1000:.1f} ms, "
+    print(f"\nwrong password: known user {known * 1000:.1f} ms, "  # noqa: T201
           f"unknown user {unknown * 1000:.1f} ms")
     assert 0.5 < unknown / known < 2.0, (known, unknown)
 
@@ -179,8 +179,8 @@ def test_a_client_id_cannot_forge_a_log_line(midge_broker_factory: BrokerFactory
                                              log_file: Path) -> None:
     broker = midge_broker_factory(plugins={"auth_ledger": hashed_ledger(
         1000, ban_after=0, failure_delay=0)})
-    assert Raw(broker.port).connect(FORGED, **creds("alice", "wrong")).reason_code == 0x86  # type: ignore[attr-defined]
-    assert Raw(broker.port).connect(FORGED, **creds("bob")).reason_code == 0  # type: ignore[attr-defined]
+    assert Raw(broker.port).connect(FORGED, **creds("alice", "wrong")).reason_code == 0x86
+    assert Raw(broker.port).connect(FORGED, **creds("bob")).reason_code == 0
     broker.stop()
     lines = log_file.read_text().splitlines()
     assert lines
@@ -275,7 +275,7 @@ def test_idle_sockets_from_one_address_cannot_lock_others_out(
             except ConnectionResetError:
                 closed += 1
         assert closed == 10
-        assert Raw(broker.port).connect("bob", **creds("bob")).reason_code == 0  # type: ignore[attr-defined]
+        assert Raw(broker.port).connect("bob", **creds("bob")).reason_code == 0
         # a socket that logs in no longer counts against its address
         assert broker.broker.engine.pending_from("127.0.0.5") == 10
     finally:

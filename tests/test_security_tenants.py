@@ -128,9 +128,9 @@ def test_the_foreign_session_code_is_configurable(
     broker = midge_broker_factory(plugins={"auth_ledger": {"file": str(ledger_file)}},
                                   foreign_session_code=0x85)
     alice = Raw(broker.port)
-    assert alice.connect("shared-id", **creds("alice")).reason_code == 0  # type: ignore[attr-defined]
+    assert alice.connect("shared-id", **creds("alice")).reason_code == 0
     bob = Raw(broker.port)
-    assert bob.connect("shared-id", **creds("bob")).reason_code == 0x85  # type: ignore[attr-defined]
+    assert bob.connect("shared-id", **creds("bob")).reason_code == 0x85
 
 
 def test_use_username_as_clientid(midge_broker_factory: BrokerFactory,
@@ -138,7 +138,7 @@ def test_use_username_as_clientid(midge_broker_factory: BrokerFactory,
     broker = midge_broker_factory(plugins={"auth_ledger": {
         "file": str(ledger_file), "use_username_as_clientid": True}})
     raw = Raw(broker.port)
-    assert raw.connect("anything", **creds("bob")).reason_code == 0  # type: ignore[attr-defined]
+    assert raw.connect("anything", **creds("bob")).reason_code == 0
     assert broker.broker.client("bob") is not None
     assert broker.broker.client("anything") is None
 
@@ -210,14 +210,14 @@ def test_connections_per_user(midge_broker_factory: BrokerFactory, ledger_file: 
     broker = midge_broker_factory(plugins={"auth_ledger": {"file": str(ledger_file)}},
                                   max_connections_per_user=2)
     first, second, third = Raw(broker.port), Raw(broker.port), Raw(broker.port)
-    assert first.connect("a1", **creds("alice")).reason_code == 0  # type: ignore[attr-defined]
-    assert second.connect("a2", **creds("alice")).reason_code == 0  # type: ignore[attr-defined]
-    assert third.connect("a3", **creds("alice")).reason_code == 0x97  # type: ignore[attr-defined]
+    assert first.connect("a1", **creds("alice")).reason_code == 0
+    assert second.connect("a2", **creds("alice")).reason_code == 0
+    assert third.connect("a3", **creds("alice")).reason_code == 0x97
     # bob is another user; alice taking over her own id adds no connection
-    assert Raw(broker.port).connect("b1", **creds("bob")).reason_code == 0  # type: ignore[attr-defined]
-    assert Raw(broker.port).connect("a1", **creds("alice")).reason_code == 0  # type: ignore[attr-defined]
+    assert Raw(broker.port).connect("b1", **creds("bob")).reason_code == 0
+    assert Raw(broker.port).connect("a1", **creds("alice")).reason_code == 0
     second.close()
-    _eventually(lambda: Raw(broker.port).connect("a4", **creds("alice")).reason_code == 0)  # type: ignore[attr-defined]
+    _eventually(lambda: Raw(broker.port).connect("a4", **creds("alice")).reason_code == 0)
 
 
 def test_connections_per_address(midge_broker_factory: BrokerFactory,
@@ -225,10 +225,10 @@ def test_connections_per_address(midge_broker_factory: BrokerFactory,
     broker = midge_broker_factory(plugins={"auth_ledger": {"file": str(ledger_file)}},
                                   max_connections_per_address=1)
     here = Raw(broker.port)
-    assert here.connect("a1", **creds("alice")).reason_code == 0  # type: ignore[attr-defined]
-    assert Raw(broker.port).connect("b1", **creds("bob")).reason_code == 0x97  # type: ignore[attr-defined]
+    assert here.connect("a1", **creds("alice")).reason_code == 0
+    assert Raw(broker.port).connect("b1", **creds("bob")).reason_code == 0x97
     there = Raw(broker.port, source="127.0.0.2")
-    assert there.connect("b1", **creds("bob")).reason_code == 0  # type: ignore[attr-defined]
+    assert there.connect("b1", **creds("bob")).reason_code == 0
 
 
 def test_sessions_per_user(midge_broker_factory: BrokerFactory, ledger_file: Path) -> None:
@@ -237,12 +237,12 @@ def test_sessions_per_user(midge_broker_factory: BrokerFactory, ledger_file: Pat
     props = {"properties": {0x11: 3600}, "clean_start": False}
     for cid in ("s1", "s2"):
         raw = Raw(broker.port)
-        assert raw.connect(cid, **creds("alice"), **props).reason_code == 0  # type: ignore[attr-defined]
+        assert raw.connect(cid, **creds("alice"), **props).reason_code == 0
         raw.send(Disconnect())
         assert raw.closed()
-    assert Raw(broker.port).connect("s3", **creds("alice"), **props).reason_code == 0x97  # type: ignore[attr-defined]
+    assert Raw(broker.port).connect("s3", **creds("alice"), **props).reason_code == 0x97
     # resuming one of them is not a new session
-    assert Raw(broker.port).connect("s1", **creds("alice"), **props).reason_code == 0  # type: ignore[attr-defined]
+    assert Raw(broker.port).connect("s1", **creds("alice"), **props).reason_code == 0
 
 
 def test_subscriptions_per_client_and_filters_per_subscribe(
@@ -250,7 +250,7 @@ def test_subscriptions_per_client_and_filters_per_subscribe(
     broker = midge_broker_factory(plugins={"auth_ledger": {"file": str(ledger_file)}},
                                   max_subscriptions_per_client=3, max_filters_per_subscribe=4)
     raw = Raw(broker.port)
-    assert raw.connect("a1", **creds("alice")).reason_code == 0  # type: ignore[attr-defined]
+    assert raw.connect("a1", **creds("alice")).reason_code == 0
     filters = [Subscription(f"alice/{n}") for n in range(6)]
     raw.send(Subscribe(1, filters))
     answer = raw.recv()
@@ -260,14 +260,14 @@ def test_subscriptions_per_client_and_filters_per_subscribe(
     assert answer.reason_codes == [0, 0, 0, 0x97, 0x97, 0x97]
     # re-subscribing to one it has is a replacement, not a new subscription
     raw.send(Subscribe(2, [Subscription("alice/0", 1)]))
-    assert raw.recv().reason_codes == [1]  # type: ignore[attr-defined]
+    assert raw.recv().reason_codes == [1]
 
 
 def test_sixty_thousand_filters_cost_no_acl_votes(
         midge_broker_factory: BrokerFactory, ledger_file: Path) -> None:
     broker = midge_broker_factory(plugins={"auth_ledger": {"file": str(ledger_file)}})
     raw = Raw(broker.port)
-    assert raw.connect("a1", **creds("alice")).reason_code == 0  # type: ignore[attr-defined]
+    assert raw.connect("a1", **creds("alice")).reason_code == 0
     raw.send(Subscribe(1, [Subscription(f"alice/{n}") for n in range(60_000)]))
     answer = raw.recv(10)
     assert isinstance(answer, SubAck)
@@ -305,7 +305,7 @@ def test_a_response_topic_with_wildcards_is_refused(
                              will=Will("alice/w", b"x", properties=props))
         assert isinstance(answer, ConnAck) and answer.reason_code == 0x82
         return
-    assert raw.connect("a1", **creds("alice")).reason_code == 0  # type: ignore[attr-defined]
+    assert raw.connect("a1", **creds("alice")).reason_code == 0
     raw.send(Publish("alice/req", b"?", properties=props))
     answer = raw.recv()
     assert isinstance(answer, Disconnect) and answer.reason_code == 0x82

@@ -129,7 +129,7 @@ def test_legitimate_login_completes_within_a_second_during_a_login_flood(
     broker = midge_broker_factory(plugins={"auth_ledger": _ledger()})
     figures = run_flood(broker)
     latencies = figures["latencies"]
-    print(f"\nbob's logins during the flood: n={len(latencies)} "
+    print(f"\nbob's logins during the flood: n={len(latencies)} "  # noqa: T201
           f"median={statistics.median(latencies) * 1000:.0f} ms "
           f"max={max(latencies) * 1000:.0f} ms; codes {figures['codes']}; "
           f"attacker attempts {figures['attempts']}, answers {figures['answered']}")

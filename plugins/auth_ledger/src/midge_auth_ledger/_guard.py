@@ -4,14 +4,14 @@ and a short ban for addresses that keep failing.
 The rule: a slow hash runs only through ``HashGate.run``. At most ``workers`` hashes run
 at once and at most ``per_address`` of them for one source address; waiting attempts
 are served by address: first the addresses with the fewest recent failed logins, then
-the ones with the fewest attempts waiting, and among equals round-robin, so a thousand attempts from failing addresses cost a
-legitimate client from elsewhere at most the hash already running, not a thousand. An attempt that waits
-longer than ``queue_timeout`` (or finds ``max_waiting`` attempts already waiting) is
-``Busy``; one whose connection closed while it waited is never hashed. ``Failures``
-counts failed logins per address in a sliding window: each one makes the address's next
-attempt wait longer (the answer to a failure is delayed while the address keeps its
-turn), and ``max_failures`` of them ban the address for ``ban_seconds``; its table is
-bounded.
+the ones with the fewest attempts waiting, and among equals round-robin, so a thousand
+attempts from failing addresses cost a legitimate client from elsewhere at most the hash
+already running, not a thousand. An attempt that waits longer than ``queue_timeout``
+(or finds ``max_waiting`` attempts already waiting) is ``Busy``; one whose connection
+closed while it waited is never hashed. ``Failures`` counts failed logins per address in
+a sliding window: each one makes the address's next attempt wait longer (the answer to a
+failure is delayed while the address keeps its turn), and ``max_failures`` of them ban
+the address for ``ban_seconds``; its table is bounded.
 """
 
 from __future__ import annotations

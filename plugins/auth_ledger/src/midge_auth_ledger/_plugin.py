@@ -103,7 +103,7 @@ class LedgerPlugin:
                 raise Refuse(ReasonCode.SERVER_BUSY, "server busy") from None
             if not ran:
                 return False  # the connection went away while waiting: nothing hashed
-            allowed, why = answer
+            allowed, why = bool(answer[0]), str(answer[1])
         else:
             allowed, why = ledger.authenticate(who, packet.password)
             self._failed(address, (allowed, why))
