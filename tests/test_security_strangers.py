@@ -6,6 +6,7 @@ inflated, and no memory for strangers. A real broker with auth_ledger, raw socke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import socket
@@ -89,9 +90,9 @@ def test_the_v311_busy_answer_is_server_unavailable(
 
 
 def test_an_address_that_keeps_failing_is_banned(
-        midge_broker_factory: BrokerFactory) -> None:
+        midge_broker_factory: BrokerFactory, midge_capture: Callable[..., Any]) -> None:
     broker = midge_broker_factory(plugins={"auth_ledger": hashed_ledger(
-        1000, ban_after=3, failure_delay=0)})
+        1000, ban_after=3, failure_delay=0)}, sys_interval=1)
     for _ in range(3):
         assert Raw(broker.port, source="127.0.0.3").connect(
             "x", **creds("alice", "wrong")).reason_code == 0x86
@@ -103,6 +104,9 @@ def test_an_address_that_keeps_failing_is_banned(
     counters = plugin_of(broker).counters()
     assert counters["bans"] == 1 and counters["banned_refusals"] == 1
     assert counters["login_failures"] == 3
+    # and in metrics: retained under $SYS, every sys_interval
+    capture = midge_capture("$SYS/broker/plugins/auth_ledger/bans", broker)
+    _eventually(lambda: b"1" in capture.payloads, 5)
 
 
 def test_failures_are_answered_later_and_later(midge_broker_factory: BrokerFactory) -> None:
@@ -310,3 +314,18 @@ def _eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_protocol_errors_before_login_are_rate_limited_in_the_log(
+        midge_broker_factory: BrokerFactory, log_file: Path) -> None:
+    broker = midge_broker_factory(plugins={"auth_ledger": hashed_ledger(1000)})
+    for _ in range(100):
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+            sock.sendall(b"\x10\x06\x00\x04XXXX")  # not MQTT
+            sock.settimeout(3)
+            with contextlib.suppress(ConnectionResetError):
+                sock.recv(16)
+    broker.stop()
+    errors = [line for line in log_file.read_text().splitlines()
+              if "WARNING" in line and "protocol error" in line]
+    assert 1 <= len(errors) <= 25, len(errors)

@@ -27,7 +27,7 @@ from ..codec import (
     Subscribe,
     Unsubscribe,
 )
-from ..logsafe import safe
+from ..logsafe import Throttle, safe
 from ..stats import Stats
 from ._access import Access
 from ._connect import ConnectFlow
@@ -92,6 +92,8 @@ class Engine:
         self.connections: set[Connection] = set()
         #: called when the last connection's transport is gone (the shell's shutdown)
         self.idle: Callable[[], None] | None = None
+        #: protocol errors of connections not logged in: a burst of warnings, then a count
+        self.strangers_log = Throttle(clock)
         #: connections not yet sent CONNACK 0, per remote address (admission limits them)
         self.pending: dict[str, int] = {}
         self.registry.admitted = self._admitted

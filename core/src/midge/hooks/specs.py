@@ -316,7 +316,9 @@ def on_retained_expired(topic: str) -> None:
 
 @_rule(FIRST_NON_EMPTY, True)
 def stored_clients() -> list[dict[str, Any]]:
-    """Sessions to restore: ``{"client_id": str, "expiry_interval": int | None}`` each."""
+    """Sessions to restore: ``{"client_id": str, "expiry_interval": int | None,
+    "owner": str | None}`` each (``owner``, optional: the user name that owns the
+    session; only that user may resume it)."""
 
 
 @_rule(FIRST_NON_EMPTY, True)
