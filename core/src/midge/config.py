@@ -110,7 +110,7 @@ class BrokerSettings:
         "max_packet_size applies",
     )
     max_pending_per_address: int = _limit(
-        64, 0, 10_000_000,
+        128, 0, 10_000_000,
         "connections from one address that have not been sent CONNACK yet; further ones "
         "are closed at once (0: no limit)",
     )
