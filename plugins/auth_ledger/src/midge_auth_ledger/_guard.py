@@ -2,11 +2,14 @@
 and a short ban for addresses that keep failing.
 
 The rule: a slow hash runs only through ``HashGate.run``. At most ``workers`` hashes run
-at once and at most ``per_address`` of them for one source address; waiting attempts
+at once, at most ``per_address`` of them for one source address, and one worker (of two
+or more) only for unsuspicious addresses (no recent failed logins, no more attempts
+under way than their share), whose hashes also run at normal priority while the
+suspicious ones' run at a lower one; waiting attempts
 are served by address: first the addresses with the fewest recent failed logins, then
 the ones with the fewest attempts waiting, and among equals round-robin, so a thousand
-attempts from failing addresses cost a legitimate client from elsewhere at most the hash
-already running, not a thousand. An attempt that waits longer than ``queue_timeout``
+attempts from failing addresses cost a legitimate client from elsewhere its own hash's
+time, not a thousand hashes. An attempt that waits longer than ``queue_timeout``
 (or finds ``max_waiting`` attempts already waiting) is ``Busy``; one whose connection
 closed while it waited is never hashed. ``Failures`` counts failed logins per address in
 a sliding window: each one makes the address's next attempt wait longer (the answer to a
@@ -16,13 +19,32 @@ the address for ``ban_seconds``; its table is bounded.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
+
+#: the nice value of the threads that hash for addresses with recent failures: the
+#: CPU goes to legitimate logins and to the event loop first
+LOW_PRIORITY = 10
+
+
+def _lower_priority() -> None:
+    # Linux schedules threads as tasks: this lowers one thread, not the process (on
+    # other systems the call could name another process, so it is not made)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_PRIORITY)
 
 
 class Busy(Exception):
@@ -49,11 +71,17 @@ class HashGate:
         self.queue_timeout = queue_timeout
         self.max_waiting = max_waiting
         self._free = workers
+        #: workers kept for addresses without recent failures: a legitimate login never
+        #: waits for an attacker's hash to finish
+        self._reserve = 1 if workers > 1 else 0
         self._running: dict[str, int] = {}
         #: address -> its waiting attempts; the dict's order is the round-robin order
         self._waiting: OrderedDict[str, deque[_Waiter]] = OrderedDict()
         self._count = 0
         self._limiter = anyio.CapacityLimiter(workers)
+        #: threads for addresses with recent failures, at a lower CPU priority
+        self._low = ThreadPoolExecutor(max_workers=workers, initializer=_lower_priority,
+                                       thread_name_prefix="midge-auth-ledger-hash")
         #: attempts not hashed because their connection had gone
         self.skipped = 0
         #: attempts answered Busy
@@ -81,7 +109,10 @@ class HashGate:
             if gone():
                 self.skipped += 1
                 return False, None
-            result = await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+            if self._suspect(address, 0):
+                result = await self._run_low(func, *args)
+            else:
+                result = await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
             delay = hold(result) if hold is not None else 0.0
             if delay > 0:
                 worker = False
@@ -92,8 +123,39 @@ class HashGate:
         finally:
             self._release(address, worker)
 
+    async def _run_low(self, func: Callable[..., Any], *args: Any) -> Any:
+        """``func(*args)`` in a low-priority thread, awaited without blocking the loop."""
+        token = anyio.lowlevel.current_token()
+        loop_thread = threading.get_ident()
+        done = anyio.Event()
+
+        def finished(_: Future[Any]) -> None:
+            if threading.get_ident() == loop_thread:
+                done.set()
+                return
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                anyio.from_thread.run_sync(done.set, token=token)
+
+        future = self._low.submit(func, *args)
+        future.add_done_callback(finished)
+        await done.wait()
+        return future.result()
+
+    def close(self) -> None:
+        """Stop the low-priority threads once their work is done."""
+        self._low.shutdown(wait=False, cancel_futures=True)
+
+    def _suspect(self, address: str, waiting: int) -> bool:
+        """An address with recent failures, or more attempts under way than its share
+        (``waiting`` of them queued): the reserved worker and normal priority are not
+        for it."""
+        queue = self._waiting.get(address)
+        under_way = self._running.get(address, 0) + (len(queue) if queue else 0) + waiting
+        return bool(self._standing(address)) or under_way > self.per_address
+
     def _startable(self, address: str) -> bool:
-        return self._free > 0 and self._running.get(address, 0) < self.per_address
+        free = self._free - (self._reserve if self._suspect(address, 1) else 0)
+        return free > 0 and self._running.get(address, 0) < self.per_address
 
     def _take(self, address: str) -> None:
         self._free -= 1
@@ -149,6 +211,8 @@ class HashGate:
             if best is None:
                 return  # every waiting address already has its share running
             _, address, queue = best
+            if self._free <= self._reserve and self._suspect(address, 0):
+                return  # the last worker is kept for an address without failures
             waiter = queue.popleft()
             self._count -= 1
             del self._waiting[address]

@@ -174,6 +174,10 @@ class LedgerPlugin:
                               reason="user removed from the ledger")
 
     @hookimpl
+    def on_stopped(self) -> None:
+        self.gate.close()
+
+    @hookimpl
     async def on_sys_info_tick(self, broker: Any) -> None:
         for name, value in self.counters().items():
             await broker.publish(SYS_PREFIX + name, str(value), 0, True)
