@@ -147,3 +147,29 @@ def test_bad_guard_settings_name_the_key(key: str, value: Any, message: str) -> 
     with pytest.raises(PluginConfigError) as caught:
         LedgerPlugin({"users": {"a": {"password": "p"}}, key: value})
     assert caught.value.key == key and message in caught.value.message
+
+
+def test_one_worker_is_kept_for_unsuspicious_addresses() -> None:
+    # two workers; an address with failures and many attempts uses one of them, and a
+    # clean address starts at once on the other
+    gate = HashGate(2, 2, 10.0, 100, lambda a: 1 if a == "bad" else 0)
+    started: dict[str, float] = {}
+    release = threading.Event()
+
+    def work(address: str) -> None:
+        started.setdefault(address, time.monotonic())
+        if address == "bad":
+            release.wait(5)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(gate.run, "bad", lambda: False, work, "bad")
+            await anyio.sleep(0.1)
+            assert gate.waiting == 4  # one bad attempt runs (its share is two)
+            begin = time.monotonic()
+            await gate.run("good", lambda: False, work, "good")
+            assert started["good"] - begin < 0.5
+            release.set()
+
+    anyio.run(main)
