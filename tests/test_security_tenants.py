@@ -16,6 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from security_wire import TENANTS, Raw, write_ledger
 
+from midge import hookimpl
 from midge.codec import ConnAck, Disconnect, Publish, SubAck, Subscribe, Subscription, Will
 from midge.testing import RunningBroker, TestClient
 
@@ -172,12 +173,15 @@ class SlowReloadAcl:
     def __init__(self) -> None:
         self.allowed = True
 
+    @hookimpl
     def on_connect_authenticate(self) -> bool:
         return True
 
+    @hookimpl
     def on_acl_check(self) -> bool:
         return self.allowed
 
+    @hookimpl
     async def on_reload(self) -> None:
         import anyio
 
@@ -187,11 +191,7 @@ class SlowReloadAcl:
 
 def test_an_async_on_reload_finishes_before_the_acl_cache_is_cleared(
         midge_broker_factory: BrokerFactory, midge_client: ClientFactory) -> None:
-    from midge import hookimpl
-
     plugin = SlowReloadAcl()
-    for name in ("on_connect_authenticate", "on_acl_check", "on_reload"):
-        hookimpl(getattr(type(plugin), name))
     broker = midge_broker_factory(objects=[("slow", plugin)])
     client = midge_client(broker, protocol=5)
     client.subscribe("t/#")
@@ -351,3 +351,30 @@ def _eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+class Storage:
+    """Restores one session, with or without its owner."""
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.entry = entry
+
+    @hookimpl
+    def stored_clients(self) -> list[dict[str, Any]]:
+        return [self.entry]
+
+
+@pytest.mark.parametrize("owner", ["alice", None], ids=["owned", "no-owner-key"])
+def test_a_restored_session_keeps_or_finds_its_owner(
+        midge_broker_factory: BrokerFactory, ledger_file: Path, owner: str | None) -> None:
+    # with no owner key (a store that does not know owners) the first user to connect
+    # claims the session; either way another user is refused afterwards
+    entry: dict[str, Any] = {"client_id": "alice-phone", "expiry_interval": 3600}
+    if owner is not None:
+        entry["owner"] = owner
+    broker = midge_broker_factory(objects=[("store", Storage(entry))],
+                                  plugins={"auth_ledger": {"file": str(ledger_file)}})
+    props = {"properties": {0x11: 3600}, "clean_start": False}
+    answer = Raw(broker.port).connect("alice-phone", **creds("alice"), **props)
+    assert answer.reason_code == 0 and answer.session_present
+    assert Raw(broker.port).connect("alice-phone", **creds("bob"), **props).reason_code == 0x87

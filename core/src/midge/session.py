@@ -13,6 +13,10 @@ from enum import Enum
 from .codec import Subscription
 from .message import Message
 
+#: the owner of a session restored without one: the first user to take it claims it (a
+#: user name cannot hold U+0000 [MQTT-1.5.4-2], so no user is called this)
+UNCLAIMED = "\x00unclaimed"
+
 
 class Enqueued(Enum):
     """What ``Session.enqueue`` did with a QoS 1/2 delivery."""

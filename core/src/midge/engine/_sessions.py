@@ -23,7 +23,7 @@ from ..codec import (
 )
 from ..logsafe import safe
 from ..message import Message
-from ..session import Outbound, Session
+from ..session import UNCLAIMED, Outbound, Session
 
 if TYPE_CHECKING:
     from ..config import BrokerSettings
@@ -88,7 +88,8 @@ class Registry:
         session = self.sessions.get(client_id)
         old = self.clients.get(client_id)
         code = limits.foreign_session_code
-        if code and session is not None and session.owner != user:
+        if (code and session is not None and session.owner != user
+                and session.owner != UNCLAIMED):
             return (ReasonCode(code),
                     "the client id's session belongs to another user")
         if user is not None:
@@ -124,7 +125,7 @@ class Registry:
 
     def _own(self, session: Session, step: int) -> None:
         owner = session.owner
-        if owner is None:
+        if owner is None or owner == UNCLAIMED:
             return
         left = self.sessions_per_user.get(owner, 0) + step
         if left > 0:
@@ -164,6 +165,9 @@ class Registry:
             self._own(session, 1)
         self.expiring.pop(client_id, None)
         session.max_inflight = self.max_inflight
+        if session.owner == UNCLAIMED:  # restored without an owner: claimed now
+            session.owner = conn.username
+            self._own(session, 1)
         return session, present
 
     def connected(self, conn: Connection) -> None:
@@ -286,7 +290,8 @@ class Registry:
         now = self._clock()
         for entry in clients:
             session = Session(entry["client_id"], self.max_inflight,
-                              self._limits.max_queued_messages, entry.get("owner"))
+                              self._limits.max_queued_messages,
+                              entry.get("owner", UNCLAIMED))
             self._own(session, 1)
             session.expiry_interval = entry.get("expiry_interval")
             if session.expiry_interval is not None:

@@ -318,7 +318,8 @@ def on_retained_expired(topic: str) -> None:
 def stored_clients() -> list[dict[str, Any]]:
     """Sessions to restore: ``{"client_id": str, "expiry_interval": int | None,
     "owner": str | None}`` each (``owner``, optional: the user name that owns the
-    session; only that user may resume it)."""
+    session, None for a client without one; only that user may resume it; without the
+    key, the first client to connect with the id claims the session)."""
 
 
 @_rule(FIRST_NON_EMPTY, True)
