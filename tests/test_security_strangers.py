@@ -137,6 +137,23 @@ def test_no_hash_is_computed_for_a_connection_that_went_away(
     assert plugin.counters()["login_failures"] + plugin.counters()["hashes_skipped"] == 6
 
 
+def test_no_hash_is_computed_for_a_client_that_hung_up(
+        midge_broker_factory: BrokerFactory) -> None:
+    # the attackers of the issue close their sockets without waiting for an answer:
+    # their attempts, queued behind a slow hash, are dropped, not hashed
+    broker = midge_broker_factory(plugins={"auth_ledger": hashed_ledger(
+        2_000_000, hash_workers=1, hash_queue_timeout=30, ban_after=0, failure_delay=0)})
+    packet = encode(Connect("x", 5, username="alice", password=b"wrong"), 5)
+    for _ in range(6):
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+            sock.sendall(packet)
+    plugin = plugin_of(broker)
+    _eventually(lambda: plugin.gate.waiting == 0 and
+                plugin.counters()["login_failures"] + plugin.counters()["hashes_skipped"]
+                == 6, 15)
+    assert plugin.counters()["hashes_skipped"] >= 4, plugin.counters()
+
+
 # -- 4. no user enumeration by timing ----------------------------------------------------
 
 
