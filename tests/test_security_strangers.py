@@ -21,7 +21,7 @@ import pytest
 from midge_auth_ledger import hash_password
 from security_wire import Raw
 
-from midge.codec import ConnAck, Connect, encode
+from midge.codec import ConnAck, Connect, Publish, Subscribe, Subscription, encode
 from midge.testing import RunningBroker
 
 BrokerFactory = Callable[..., RunningBroker]
@@ -346,3 +346,39 @@ def test_protocol_errors_before_login_are_rate_limited_in_the_log(
     errors = [line for line in log_file.read_text().splitlines()
               if "WARNING" in line and "protocol error" in line]
     assert 1 <= len(errors) <= 25, len(errors)
+
+
+def test_packets_pipelined_behind_a_connect_being_hashed_keep_their_order(
+        midge_broker_factory: BrokerFactory) -> None:
+    # CONNECT, SUBSCRIBE and PUBLISH in one write: they wait, held, while the password
+    # is hashed, then are handled in order
+    broker = midge_broker_factory(plugins={"auth_ledger": {
+        "users": {"alice": {"password": hash_password("alice-pw", iterations=300_000),
+                            "acl": {"alice/#": 3}}}}})
+    raw = Raw(broker.port)
+    raw.send(b"".join(encode(packet, 5) for packet in (
+        Connect("p", 5, username="alice", password=b"alice-pw"),
+        Subscribe(1, [Subscription("alice/#", 1)]),
+        Publish("alice/x", b"hello", 1, packet_id=7),
+    )))
+    got = [raw.recv(5) for _ in range(4)]
+    kinds = [type(packet).__name__ for packet in got]
+    assert kinds[:2] == ["ConnAck", "SubAck"]
+    assert sorted(kinds[2:]) == ["PubAck", "Publish"]
+    assert got[0].reason_code == 0
+
+
+def test_more_than_a_hold_limit_pipelined_behind_a_connect_is_all_handled(
+        midge_broker_factory: BrokerFactory) -> None:
+    # past 64 KiB held, reading pauses; it resumes once the CONNECT is decided
+    broker = midge_broker_factory(plugins={"auth_ledger": {
+        "users": {"alice": {"password": hash_password("alice-pw", iterations=300_000),
+                            "acl": {"alice/#": 3}}}}})
+    raw = Raw(broker.port)
+    publishes = [Publish("alice/x", bytes([n % 256]) * 1000, 1, packet_id=n + 1)
+                 for n in range(300)]
+    raw.send(b"".join(encode(packet, 5) for packet in (
+        Connect("p", 5, username="alice", password=b"alice-pw"), *publishes)))
+    assert raw.recv(5).reason_code == 0
+    acks = [raw.recv(5) for _ in range(300)]
+    assert [ack.packet_id for ack in acks] == list(range(1, 301))
