@@ -70,6 +70,7 @@ class Throttle:
         return False
 
     def take_suppressed(self) -> str:
-        """"" or a note like " (12 similar lines suppressed)", and reset the count."""
+        """A note for the line let through, like ``" (12 similar lines suppressed)"``
+        (empty when none were), and reset the count."""
         count, self.suppressed = self.suppressed, 0
         return f" ({count} similar lines suppressed)" if count else ""

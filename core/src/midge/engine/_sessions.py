@@ -1,7 +1,8 @@
 """The session registry: who is connected, sessions that outlive connections, wills.
 
 The rule: a session changes hands only here (created, resumed, taken over, expired,
-discarded), and time only comes in through ``tick(now)``, so every deadline (session
+discarded), only to the user that owns it and within the quotas (``admission``), and
+time only comes in through ``tick(now)``, so every deadline (session
 expiry, will delay) is exact against the clock the engine is given.
 """
 
