@@ -100,7 +100,9 @@ def properties(draw: st.DrawFn, where: int, exclude: frozenset[int] = frozenset(
     props: Properties = {}
     for ident in chosen:
         spec = PROPERTY_SPECS[ident]
-        value = _value(spec.kind, spec.bounds)
+        # a Response Topic is a topic name: the codec refuses one with wildcards
+        value = topic_names if ident == Property.RESPONSE_TOPIC else _value(spec.kind,
+                                                                              spec.bounds)
         if spec.repeatable:
             # a SUBSCRIBE carries at most one Subscription Identifier
             single = where == PacketType.SUBSCRIBE and ident == Property.SUBSCRIPTION_IDENTIFIER

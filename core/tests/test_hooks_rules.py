@@ -89,20 +89,35 @@ def test_vote_on_connect_authenticate(
     assert [name for (name,) in events.of("vote")][:len(asked) + 1] == asked
 
 
-@pytest.mark.parametrize("error", [RuntimeError("database down"), Refuse(0x8A)],
-                         ids=["error", "refuse"])
 @pytest.mark.parametrize("voter", [Voter, AsyncVoter], ids=["sync", "async"])
 def test_vote_exception_counts_as_denial_and_is_logged(
     broker_factory: Factory, raw_factory: Factory, caplog: pytest.LogCaptureFixture,
-    voter: type[Voter], error: Exception
+    voter: type[Voter]
 ) -> None:
     events = Events()
-    one = voter("crashing", events, error)
+    one = voter("crashing", events, RuntimeError("database down"))
     two = voter("lenient", events, True)
     with caplog.at_level(logging.ERROR, logger="midge.plugins"):
         assert _connect_code(broker_factory, raw_factory, one, two) == 0x86
     assert [name for (name,) in events.of("vote")] == ["crashing"]
     assert _failures(caplog, "crashing", "on_connect_authenticate")
+
+
+@pytest.mark.parametrize("code", [0x89, 0x8A])
+@pytest.mark.parametrize("voter", [Voter, AsyncVoter], ids=["sync", "async"])
+def test_refuse_in_on_connect_authenticate_refuses_with_its_code(
+    broker_factory: Factory, raw_factory: Factory, caplog: pytest.LogCaptureFixture,
+    voter: type[Voter], code: int
+) -> None:
+    # a plugin that cannot decide now (0x89 Server busy) or bans (0x8A) says so; it
+    # is a refusal of the contract, not a plugin failure
+    events = Events()
+    one = voter("busy", events, Refuse(code))
+    two = voter("lenient", events, True)
+    with caplog.at_level(logging.ERROR, logger="midge.plugins"):
+        assert _connect_code(broker_factory, raw_factory, one, two) == code
+    assert [name for (name,) in events.of("vote")] == ["busy"]
+    assert not _failures(caplog, "busy", "on_connect_authenticate")
 
 
 def test_vote_on_acl_check_first_decision_wins(

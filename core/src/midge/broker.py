@@ -139,7 +139,8 @@ class Broker:
             self._stop.set()
 
     async def _bind(self) -> None:
-        acceptor = Acceptor(self.engine, self.limits.max_connections)
+        acceptor = Acceptor(self.engine, self.limits.max_connections,
+                            self.limits.max_pending_per_address)
         for spec in self.settings.listeners:
             listener = await REGISTRY[spec.type](acceptor, spec)
             self._listeners.append(listener)
@@ -339,11 +340,14 @@ class Broker:
         """The connected client with this id, or None."""
         return self.engine.clients.get(client_id)
 
-    def reload(self) -> None:
-        """SIGHUP: let plugins re-read their files; forget cached ACL decisions."""
+    async def reload(self) -> None:
+        """SIGHUP: let plugins re-read their files, then forget cached ACL decisions.
+
+        Every ``on_reload`` implementation, ``async def`` ones included, has finished
+        before the caches are cleared: cleared earlier, they would refill with the old
+        rules' decisions while a reload is still reading its files."""
         log.info("reloading")
-        if self.hooks.on_reload is not None:
-            self.hooks.on_reload(self)
+        await self.hooks.call_awaiting(self.hooks.on_reload, self)
         self.engine.forget_acl_decisions()
 
     def sys_info(self) -> dict[str, Any]:

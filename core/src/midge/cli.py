@@ -130,7 +130,7 @@ async def serve(broker: Broker) -> None:
                 async for signum in signals:
                     log.info("received %s", signal.Signals(signum).name)
                     if signum == signal.SIGHUP:
-                        broker.reload()
+                        await broker.reload()
                         continue
                     broker.shutdown()
                     return

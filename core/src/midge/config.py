@@ -109,6 +109,50 @@ class BrokerSettings:
     )
     response_information: str = field(default="", metadata={
         "doc": "Response Information for v5 clients that request it (\"\": none)"})
+    # -- security: what a client that has not logged in, or one tenant, may cost --------
+    max_connect_packet_size: int = _limit(
+        65536, 64, MAX_PACKET_SIZE,
+        "largest packet accepted before CONNACK (CONNECT, AUTH), in bytes; after CONNACK "
+        "max_packet_size applies",
+    )
+    max_pending_per_address: int = _limit(
+        128, 0, 10_000_000,
+        "connections from one address that have not been sent CONNACK yet; further ones "
+        "are closed at once (0: no limit)",
+    )
+    foreign_session_code: int = _limit(
+        0x87, 0, 0x87,
+        "CONNACK code for a client id whose session belongs to another user: 135 (0x87 "
+        "Not authorized) or 133 (0x85 Client Identifier not valid); 0 lets any user take "
+        "any session",
+    )
+    max_connections_per_user: int = _limit(
+        0, 0, 10_000_000, "connected clients per user name (0: no limit); beyond: 0x97"
+    )
+    max_connections_per_address: int = _limit(
+        0, 0, 10_000_000, "connected clients per remote address (0: no limit); beyond: 0x97"
+    )
+    max_sessions_per_user: int = _limit(
+        0, 0, 10_000_000,
+        "sessions (online or not) owned by one user name (0: no limit); beyond: 0x97",
+    )
+    max_subscriptions_per_client: int = _limit(
+        10_000, 0, 10_000_000,
+        "subscriptions one session may hold (0: no limit); beyond: SUBACK 0x97 (v3: 0x80)",
+    )
+    max_filters_per_subscribe: int = _limit(
+        1000, 1, 268_435_455,
+        "topic filters one SUBSCRIBE may carry; those beyond get SUBACK 0x97 (v3: 0x80) "
+        "unexamined",
+    )
+    max_retained_messages: int = _limit(
+        100_000, 0, 1_000_000_000,
+        "retained messages kept (0: no limit); a new retained topic beyond it: 0x97",
+    )
+    max_retained_bytes: int = _limit(
+        128 * 1024 * 1024, 0, 1 << 50,
+        "payload bytes of all retained messages (0: no limit); beyond it: 0x97",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +226,11 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         raise ConfigError(
             source, "broker.refused_subscription_code",
             f"{broker.refused_subscription_code} is not allowed; allowed: 135 or 128",
+        )
+    if broker.foreign_session_code not in (0, 0x85, 0x87):
+        raise ConfigError(
+            source, "broker.foreign_session_code",
+            f"{broker.foreign_session_code} is not allowed; allowed: 135, 133 or 0",
         )
     raw_listeners = data.get("listeners", [])
     if not isinstance(raw_listeners, list) or not all(isinstance(x, dict) for x in raw_listeners):

@@ -16,6 +16,10 @@ from .message import Message
 #: packet identifiers run from 1 to this
 PACKET_ID_MAX = 65535
 
+#: the owner of a session restored without one: the first user to take it claims it (a
+#: user name cannot hold U+0000 [MQTT-1.5.4-2], so no user is called this)
+UNCLAIMED = "\x00unclaimed"
+
 
 class Enqueued(Enum):
     """What ``Session.enqueue`` did with a QoS 1/2 delivery."""
@@ -57,6 +61,7 @@ class Session:
         "max_inflight",
         "max_queued",
         "online",
+        "owner",
         "pending",
         "subscriptions",
     )
@@ -66,8 +71,12 @@ class Session:
         client_id: str,
         max_inflight: int = 20,
         max_queued: int = 1000,
+        owner: str | None = None,
     ) -> None:
         self.client_id = client_id
+        #: the user name that created the session; only that user may take it over or
+        #: resume it (None: a client without a user name)
+        self.owner = owner
         #: topic filter -> (subscription, subscription identifier or 0)
         self.subscriptions: dict[str, tuple[Subscription, int]] = {}
         #: packet id -> delivery sent and not yet completed, in send order

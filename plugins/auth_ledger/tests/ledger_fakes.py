@@ -23,6 +23,7 @@ class Client:
     username: str | None = None
     remote: str = "192.0.2.7:50000"
     listener: Listener = field(default_factory=Listener)
+    closing: bool = False
 
     @property
     def remote_host(self) -> str:

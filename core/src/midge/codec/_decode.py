@@ -239,6 +239,7 @@ def _connect(buf: bytes | bytearray, pos: int, end: int, level: int) -> Connect:
         will_props: dict[int, Any] = {}
         if level == 5:
             will_props, pos = read_properties(buf, pos, end, WILL)
+            _check_response_topic(will_props)
         topic, pos = read_string(buf, pos, end)
         check_topic_name(topic)
         payload, pos = read_binary(buf, pos, end)
@@ -298,6 +299,7 @@ def _publish(buf: bytes | bytearray, pos: int, end: int, flags: int, level: int)
             pos += 1
         else:
             props, pos = read_properties(buf, pos, end, PacketType.PUBLISH)
+            _check_response_topic(props)
         if not topic:
             if Property.TOPIC_ALIAS not in props:
                 raise ProtocolViolation("PUBLISH has an empty topic and no topic alias")
@@ -307,6 +309,13 @@ def _publish(buf: bytes | bytearray, pos: int, end: int, flags: int, level: int)
         props = {}
         check_topic_name(topic)
     return Publish(topic, bytes(buf[pos:end]), qos, bool(flags & 1), dup, packet_id, props)
+
+
+def _check_response_topic(props: dict[int, Any]) -> None:
+    """A Response Topic is a topic name: no wildcards [MQTT-3.3.2-14]."""
+    response = props.get(Property.RESPONSE_TOPIC)
+    if response is not None and ("+" in response or "#" in response):
+        raise ProtocolViolation("Response Topic contains a wildcard character")
 
 
 def _ack(cls: Callable[..., Any], name: str, ptype: int) -> Callable[..., Any]:

@@ -45,6 +45,19 @@ class Access:
             cache[key] = decision
         return decision
 
+    def will_refusal(self, conn: Connection, topic: str) -> str | None:
+        """Why ``conn`` may not have a will on ``topic`` (None: it may): a will is a
+        PUBLISH made later on the client's behalf, so it passes the same checks, the
+        ``$`` rule and the ACL write vote, at CONNECT and again when it is published."""
+        why = limit_error(topic, self._max_length, self._max_levels)
+        if why is not None:
+            return f"will topic: {why}"
+        if topic.startswith("$"):
+            return "a will may not be published to a $ topic"
+        if not self.allowed(conn, topic, True):
+            return "not authorized to publish its will topic"
+        return None
+
     def check_topic(self, topic: str, reason: ReasonCode) -> None:
         """Refuse a topic name or filter beyond the configured length or depth."""
         why = limit_error(topic, self._max_length, self._max_levels)

@@ -27,6 +27,7 @@ from ..codec import (
     connack_code_v3,
 )
 from ..errors import Refuse
+from ..logsafe import Throttle, safe
 from ._ask import Ask, ask
 from ._sessions import EXPIRY_NEVER
 from ._state import State
@@ -34,6 +35,7 @@ from ._state import State
 if TYPE_CHECKING:
     from ..config import BrokerSettings
     from ..hooks import Hooks
+    from ._access import Access
     from ._connection import Connection
     from ._router import Router
     from ._sessions import Registry
@@ -69,8 +71,11 @@ class ConnectFlow:
     """CONNECT, the AUTH exchange of CONNECT, and re-authentication after it."""
 
     def __init__(self, limits: BrokerSettings, hooks: Hooks, registry: Registry,
-                 router: Router, clock: Callable[[], float]) -> None:
+                 router: Router, clock: Callable[[], float], access: Access) -> None:
         self._limits = limits
+        self._access = access
+        #: refusal warnings: a burst, then a count of the ones held back
+        self._refusals = Throttle(clock)
         self._hooks = hooks
         self._registry = registry
         self._router = router
@@ -169,6 +174,9 @@ class ConnectFlow:
     def _authenticated(self, conn: Connection, pending: PendingConnect,
                        auth_props: dict[int, Any], allowed: bool | None,
                        error: BaseException | None) -> Ask | None:
+        if isinstance(error, Refuse):
+            # a plugin that cannot decide now (0x89 Server busy) or bans (0x8A)
+            return self._refuse(conn, error.reason_code, error.reason or "refused by a plugin")
         if error is not None:
             raise error
         if conn.closing:
@@ -178,8 +186,21 @@ class ConnectFlow:
                 return self._refuse(conn, ReasonCode.NOT_AUTHORIZED, "not authorized")
             return self._refuse(conn, ReasonCode.BAD_USERNAME_OR_PASSWORD,
                                 "bad user name or password")
+        refusal = self._admission(conn, pending.packet)
+        if refusal is not None:
+            return self._refuse(conn, *refusal)
         self._accept(conn, pending, auth_props)
         return None
+
+    def _admission(self, conn: Connection, packet: Connect) -> tuple[ReasonCode, str] | None:
+        """What an authenticated client may still be refused for: a will it may not
+        publish, a client id whose session belongs to another user, a quota."""
+        will = packet.will
+        if will is not None:
+            why = self._access.will_refusal(conn, will.topic)
+            if why is not None:
+                return ReasonCode.NOT_AUTHORIZED, why
+        return self._registry.admission(conn, conn.client_id, packet.clean_start)
 
     def _accept(self, conn: Connection, pending: PendingConnect,
                 auth_props: dict[int, Any]) -> None:
@@ -224,7 +245,8 @@ class ConnectFlow:
         conn.send(ConnAck(0, present and level != PROTOCOL_31, ack_props))
         clients_log.info(
             "client %s connected from %s (MQTT %s, clean=%s, keepalive=%d, session present=%s)",
-            cid, conn.remote, _LEVELS[level], packet.clean_start, pending.keepalive, present,
+            conn.name, conn.remote, _LEVELS[level], packet.clean_start, pending.keepalive,
+            present,
         )
         if hooks.on_session_established is not None:
             hooks.on_session_established(conn, packet)
@@ -257,8 +279,13 @@ class ConnectFlow:
 
     def _refuse(self, conn: Connection, reason: ReasonCode, why: str) -> Ask | None:
         """Answer CONNACK ``reason`` and close; nothing more is asked (None)."""
-        log.warning("client %s from %s refused: %s (0x%02X)", conn.name, conn.remote, why,
-                    int(reason))
+        # a stranger can cause this line at will: throttled, and every field escaped
+        if self._refusals.allow():
+            log.warning("client %s from %s refused: %s (0x%02X)%s", conn.name, conn.remote,
+                        safe(why, 256), int(reason), self._refusals.take_suppressed())
+        else:
+            log.debug("client %s from %s refused: %s (0x%02X)", conn.name, conn.remote,
+                      safe(why, 256), int(reason))
         conn.close_reason = f"refused: {why}"
         if conn.v5:
             conn.send(ConnAck(reason))

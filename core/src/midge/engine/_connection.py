@@ -29,6 +29,7 @@ from ..codec import (
     connack_code_v3,
 )
 from ..errors import DropPacket
+from ..logsafe import Throttle, safe
 from ._outbox import Driver, Outbox
 from ._state import ALLOWED, State
 
@@ -55,6 +56,10 @@ class Owner(Protocol):
 
     def released(self, conn: Connection) -> None:
         """The connection's transport is gone."""
+
+    @property
+    def strangers_log(self) -> Throttle:
+        """The rate limit of log lines about connections that have not logged in."""
 
 
 class Connection:
@@ -107,7 +112,7 @@ class Connection:
     @property
     def name(self) -> str:
         """The client id once known, else the remote address, for log lines."""
-        return self.client_id or f"<{self.remote}>"
+        return safe(self.client_id) if self.client_id else f"<{self.remote}>"
 
     @property
     def protocol_level(self) -> int:
@@ -260,7 +265,12 @@ class Connection:
 
     def protocol_error(self, exc: RemoteProtocolError) -> None:
         """Answer a protocol violation as the specification says, then close."""
-        log.warning("client %s: protocol error: %s", self.name, exc)
+        throttle = None if self.state is State.CONNECTED else self._owner.strangers_log
+        if throttle is None or throttle.allow():
+            log.warning("client %s: protocol error: %s%s", self.name, safe(exc, 256),
+                        throttle.take_suppressed() if throttle is not None else "")
+        else:
+            log.debug("client %s: protocol error: %s", self.name, safe(exc, 256))
         self.close_reason = f"protocol error: {exc.message}"
         if self.state is not State.CONNECTED:
             if isinstance(exc, UnsupportedProtocolVersion):

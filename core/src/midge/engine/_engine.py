@@ -27,6 +27,7 @@ from ..codec import (
     Subscribe,
     Unsubscribe,
 )
+from ..logsafe import Throttle, safe
 from ..stats import Stats
 from ._access import Access
 from ._connect import ConnectFlow
@@ -68,7 +69,9 @@ class Engine:
         self.router = Router(limits, hooks, self.stats, self.access, clock, clients, sessions)
         self.registry = Registry(limits, hooks, self.stats, clock, self.router, sessions,
                                  clients)
-        self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock)
+        self.registry.access = self.access
+        self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock,
+                                        self.access)
         publish = PublishFlow(limits, hooks, self.stats, self.access, self.router, clock)
         subscribe = SubscribeFlow(limits, hooks, self.access, self.router)
         #: packet type -> what it does (the state table has already allowed it)
@@ -89,6 +92,11 @@ class Engine:
         self.connections: set[Connection] = set()
         #: called when the last connection's transport is gone (the shell's shutdown)
         self.idle: Callable[[], None] | None = None
+        #: protocol errors of connections not logged in: a burst of warnings, then a count
+        self.strangers_log = Throttle(clock)
+        #: connections not yet sent CONNACK 0, per remote address (admission limits them)
+        self.pending: dict[str, int] = {}
+        self.registry.admitted = self._admitted
 
     @property
     def sessions(self) -> dict[str, Session]:
@@ -103,16 +111,40 @@ class Engine:
     def open(self, driver: Driver, listener: ListenerSettings, host: str,
              port: int) -> Connection:
         """A listener accepted a transport: the Connection its driver feeds."""
+        limits = self.limits
+        # until CONNACK only a small packet is accepted: a stranger may not make the
+        # broker buffer a 16 MiB CONNECT
         conn = Connection(self, driver, listener, host, port, hooks=self.hooks,
-                          clock=self.clock, max_packet_size=self.limits.max_packet_size)
+                          clock=self.clock,
+                          max_packet_size=min(limits.max_packet_size,
+                                              limits.max_connect_packet_size))
         self.connections.add(conn)
+        self.pending[host] = self.pending.get(host, 0) + 1
         self.stats.connections_total += 1
         return conn
+
+    def _admitted(self, conn: Connection) -> None:
+        """``conn`` was sent CONNACK 0: the full packet size, and it is no longer
+        pending."""
+        conn.decoder.max_packet_size = self.limits.max_packet_size
+        self._unpend(conn.remote_host)
+
+    def _unpend(self, host: str) -> None:
+        left = self.pending.get(host, 0) - 1
+        if left > 0:
+            self.pending[host] = left
+        else:
+            self.pending.pop(host, None)
+
+    def pending_from(self, host: str) -> int:
+        """Connections from ``host`` that have not been sent CONNACK 0."""
+        return self.pending.get(host, 0)
 
     def ended(self, conn: Connection, connected: bool) -> None:
         if connected:
             self.registry.connection_lost(conn)
         else:
+            self._unpend(conn.remote_host)
             self.connect_flow.forget(conn)
 
     def released(self, conn: Connection) -> None:
@@ -141,8 +173,8 @@ class Engine:
         if conn is None or conn.closing:
             return False
         code = ReasonCode(reason_code)
-        clients_log.info("client %s: disconnected by the server (0x%02X%s)", client_id,
-                         int(code), f": {reason}" if reason else "")
+        clients_log.info("client %s: disconnected by the server (0x%02X%s)", conn.name,
+                         int(code), f": {safe(reason, 256)}" if reason else "")
         conn.close(code, reason or f"disconnected by the server (0x{int(code):02X})",
                    reason=reason or "", server_reference=server_reference)
         return True
@@ -192,7 +224,7 @@ class Engine:
         """Continue from what storage plugins kept (the ``stored_*`` hooks' answers)."""
         self.registry.restore(clients, subscriptions, inflight)
         for message in retained:
-            self.router.retained.set(message.topic, message)
+            self.router.keep_retained(message)
         for key in ("messages_received", "messages_sent", "messages_dropped",
                     "connections_total"):
             if key in sys_info:

@@ -25,6 +25,7 @@ from ..codec import (
     RemoteProtocolError,
 )
 from ..errors import RejectPublish
+from ..logsafe import safe
 from ..message import Message
 from ._ask import Ask, ask
 
@@ -98,7 +99,7 @@ class PublishFlow:
                 # [MQTT-4.3.3-10]) and the client is told 0x91; after a PUBREC of 0x80
                 # or above the id starts afresh [MQTT-4.3.3-9]
                 log.warning("client %s reused packet id %d before releasing it; "
-                            "answered 0x91", conn.client_id, packet.packet_id)
+                            "answered 0x91", conn.name, packet.packet_id)
                 session.inbound_qos2.discard(packet.packet_id)
                 self._acknowledge(conn, packet, ReasonCode.PACKET_IDENTIFIER_IN_USE,
                                   "packet identifier in use")
@@ -115,19 +116,26 @@ class PublishFlow:
                 raise RemoteProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID,
                                           "payload declared UTF-8 is not valid UTF-8")
             log.warning("client %s published a payload declared UTF-8 that is not; dropped",
-                        conn.client_id)
+                        conn.name)
             self._acknowledge(conn, packet, ReasonCode.PAYLOAD_FORMAT_INVALID,
                               "payload is not valid UTF-8")
             return None
         if topic.startswith("$"):
-            log.warning("client %s may not publish to %s; dropped", conn.client_id, topic)
+            log.warning("client %s may not publish to %s; dropped", conn.name, safe(topic))
             self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
             return None
         if not self._access.allowed(conn, topic, True):
             log.warning("client %s is not authorized to publish to %s; dropped",
-                        conn.client_id, topic)
+                        conn.name, safe(topic))
             self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
             return None
+        if packet.retain and packet.payload:
+            why = self._router.retain_refusal(topic, len(packet.payload))
+            if why is not None:
+                log.warning("client %s: retained message to %s refused: %s", conn.name,
+                            safe(topic), why)
+                self._acknowledge(conn, packet, ReasonCode.QUOTA_EXCEEDED, why)
+                return None
         hook = self._hooks.on_publish
         if hook is None:
             self._accepted(conn, packet)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..codec import PubRel, Subscription
+from ..logsafe import safe
 from ..message import Message
 from ..session import Enqueued, Outbound, Session
 from ..topics import RetainedIndex, SharedGroup, SubscriptionTrie
@@ -75,6 +76,10 @@ class Router:
         self._clock = clock
         self._max_queued = limits.max_queued_messages
         self._max_queued_bytes = limits.max_queued_bytes
+        self._max_retained = limits.max_retained_messages
+        self._max_retained_bytes = limits.max_retained_bytes
+        #: payload bytes of every retained message, for ``max_retained_bytes``
+        self.retained_bytes = 0
         #: connected clients (CONNACK sent) by client id, shared with the registry
         self._clients = clients
         #: every session by client id, shared with the registry
@@ -112,7 +117,7 @@ class Router:
             if groups:
                 routes = list(routes)
                 for group in groups:
-                    chosen = self.choose_member(group)
+                    chosen = self.choose_member(group, message.topic)
                     if chosen is not None:
                         routes.append(group.route(chosen))
         if hooks.on_select_subscribers is not None:
@@ -138,21 +143,56 @@ class Router:
                 delivered += 1
         return delivered
 
+    def retain_refusal(self, topic: str, size: int) -> str | None:
+        """Why a retained message of ``size`` payload bytes on ``topic`` would exceed the
+        retained quotas (None: it fits); replacing a message frees what it held."""
+        old = self.retained.get(topic)
+        count = len(self.retained) + (old is None)
+        if self._max_retained and count > self._max_retained:
+            return f"max_retained_messages ({self._max_retained}) reached"
+        total = self.retained_bytes + size - (len(old.payload) if old is not None else 0)
+        if self._max_retained_bytes and total > self._max_retained_bytes:
+            return f"max_retained_bytes ({self._max_retained_bytes}) reached"
+        return None
+
+    def keep_retained(self, message: Message) -> None:
+        """Store a retained message (replacing the topic's), counting its bytes."""
+        old = self.retained.get(message.topic)
+        if old is not None:
+            self.retained_bytes -= len(old.payload)
+        self.retained.set(message.topic, message)
+        self.retained_bytes += len(message.payload)
+        if message.expires_at is not None:
+            heapq.heappush(self._retained_expiry, (message.expires_at, id(message), message))
+
+    def _forget_retained(self, topic: str) -> None:
+        old = self.retained.get(topic)
+        if old is not None:
+            self.retained_bytes -= len(old.payload)
+            self.retained.discard(topic)
+
     def _retain(self, message: Message, publisher: Connection | None) -> None:
         if message.payload:
-            self.retained.set(message.topic, message)
-            if message.expires_at is not None:
-                heapq.heappush(self._retained_expiry, (message.expires_at, id(message), message))
+            why = self.retain_refusal(message.topic, len(message.payload))
+            if why is not None:
+                # publishers that can be told were told before routing; this is the
+                # guard for every other source
+                log.warning("retained message on %s not kept: %s", safe(message.topic), why)
+                return
+            self.keep_retained(message)
         else:
-            self.retained.discard(message.topic)
+            self._forget_retained(message.topic)
         if self._hooks.on_retain_message is not None:
             self._hooks.on_retain_message(publisher, message, bool(message.payload))
 
-    def choose_member(self, group: SharedGroup) -> str | None:
+    def choose_member(self, group: SharedGroup, topic: str | None = None) -> str | None:
         """The member of a shared subscription group to get the next message.
 
         Round-robin over the members, preferring a connected one with a free inflight
         slot, then any connected one, then an offline persistent one (which queues it).
+        With ``topic``, a connected member the ACL does not let read it is passed over,
+        so a message is never given to a member that must drop it while another could
+        take it (an offline member's ACL is asked when it is delivered).
         """
         order = group.order()
         count = len(order)
@@ -169,6 +209,8 @@ class Router:
                 if offline < 0:
                     offline = index
                 continue
+            if topic is not None and not self._access.allowed(conn, topic, False):
+                continue
             session = conn.session
             if session is None or (not session.pending
                                    and len(session.inflight) < session.max_inflight):
@@ -178,6 +220,8 @@ class Router:
                 connected = index
         if pick < 0:
             pick = connected if connected >= 0 else offline
+        if pick < 0:
+            return None  # no member may read it
         group.cursor = pick + 1
         return order[pick]
 
@@ -223,8 +267,8 @@ class Router:
 
     def dropped(self, conn: Connection | None, message: Message, reason: str) -> None:
         self._stats.messages_dropped += 1
-        log.debug("message to %s for %s dropped: %s", message.topic,
-                  conn.client_id if conn else "an offline client", reason)
+        log.debug("message to %s for %s dropped: %s", safe(message.topic),
+                  conn.name if conn else "an offline client", reason)
         if self._hooks.on_publish_dropped is not None:
             self._hooks.on_publish_dropped(conn, message, reason)
 
@@ -303,7 +347,7 @@ class Router:
 
     def _expire_retained(self, message: Message) -> None:
         if self.retained.get(message.topic) is message:
-            self.retained.discard(message.topic)
-            log.debug("retained message on %s expired", message.topic)
+            self._forget_retained(message.topic)
+            log.debug("retained message on %s expired", safe(message.topic))
             if self._hooks.on_retained_expired is not None:
                 self._hooks.on_retained_expired(message.topic)

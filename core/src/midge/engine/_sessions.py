@@ -1,7 +1,8 @@
 """The session registry: who is connected, sessions that outlive connections, wills.
 
 The rule: a session changes hands only here (created, resumed, taken over, expired,
-discarded), and time only comes in through ``tick(now)``, so every deadline (session
+discarded), only to the user that owns it and within the quotas (``admission``), and
+time only comes in through ``tick(now)``, so every deadline (session
 expiry, will delay) is exact against the clock the engine is given.
 """
 
@@ -21,13 +22,15 @@ from ..codec import (
     Subscription,
     Will,
 )
+from ..logsafe import safe
 from ..message import Message
-from ..session import PACKET_ID_MAX, Outbound, Session
+from ..session import PACKET_ID_MAX, UNCLAIMED, Outbound, Session
 
 if TYPE_CHECKING:
     from ..config import BrokerSettings
     from ..hooks import Hooks
     from ..stats import Stats
+    from ._access import Access
     from ._connection import Connection
     from ._router import Router
 
@@ -65,6 +68,71 @@ class Registry:
         #: closed connection, the will)
         self.pending_wills: dict[str, tuple[float, Connection, Will]] = {}
         self.max_inflight = limits.max_inflight_messages or PACKET_ID_MAX
+        #: connected clients per user name and per remote address, for the quotas
+        self.per_user: dict[str, int] = {}
+        self.per_address: dict[str, int] = {}
+        #: sessions per owning user name, for the sessions quota
+        self.sessions_per_user: dict[str, int] = {}
+        #: the ACL a will passes again when it is published (set by the engine)
+        self.access: Access | None = None
+        #: told each connection that is sent CONNACK 0 (set by the engine)
+        self.admitted: Callable[[Connection], None] | None = None
+
+    # -- admission -------------------------------------------------------------------------
+
+    def admission(self, conn: Connection, client_id: str,
+                  clean_start: bool) -> tuple[ReasonCode, str] | None:
+        """Why an authenticated ``conn`` may not take ``client_id`` (None: it may): the
+        session belongs to another user, or a per-user or per-address quota is full."""
+        limits = self._limits
+        user = conn.username
+        session = self.sessions.get(client_id)
+        old = self.clients.get(client_id)
+        code = limits.foreign_session_code
+        if (code and session is not None and session.owner != user
+                and session.owner != UNCLAIMED):
+            return (ReasonCode(code),
+                    "the client id's session belongs to another user")
+        if user is not None:
+            cap = limits.max_connections_per_user
+            # a takeover by the same user replaces a connection, it adds none
+            replacing = old is not None and old.username == user
+            if cap and not replacing and self.per_user.get(user, 0) >= cap:
+                return (ReasonCode.QUOTA_EXCEEDED,
+                        f"user has max_connections_per_user ({cap}) connections")
+            cap = limits.max_sessions_per_user
+            if (cap and (session is None or clean_start)
+                    and self.sessions_per_user.get(user, 0) >= cap + (session is not None)):
+                return (ReasonCode.QUOTA_EXCEEDED,
+                        f"user has max_sessions_per_user ({cap}) sessions")
+        cap = limits.max_connections_per_address
+        replacing = old is not None and old.remote_host == conn.remote_host
+        if cap and not replacing and self.per_address.get(conn.remote_host, 0) >= cap:
+            return (ReasonCode.QUOTA_EXCEEDED,
+                    f"address has max_connections_per_address ({cap}) connections")
+        return None
+
+    def _count(self, conn: Connection, step: int) -> None:
+        """Keep the per-user and per-address connection counts."""
+        for table, key in ((self.per_user, conn.username),
+                           (self.per_address, conn.remote_host)):
+            if key is None:
+                continue
+            left = table.get(key, 0) + step
+            if left > 0:
+                table[key] = left
+            else:
+                table.pop(key, None)
+
+    def _own(self, session: Session, step: int) -> None:
+        owner = session.owner
+        if owner is None or owner == UNCLAIMED:
+            return
+        left = self.sessions_per_user.get(owner, 0) + step
+        if left > 0:
+            self.sessions_per_user[owner] = left
+        else:
+            self.sessions_per_user.pop(owner, None)
 
     # -- taking a session ------------------------------------------------------------------
 
@@ -78,7 +146,7 @@ class Registry:
         old = self.clients.get(client_id)
         if old is not None and old is not conn:
             clients_log.info("client %s: session taken over by a new connection from %s",
-                             client_id, conn.remote)
+                             conn.name, conn.remote)
             if old.will is not None and not ends and will_delay(old, old.will):
                 # the session continues and the will has a delay: it is not sent
                 # (MQTT 5 section 3.1.3.2.2)
@@ -92,16 +160,24 @@ class Registry:
             session = None
         present = session is not None
         if session is None:
-            session = Session(client_id, self.max_inflight, self._limits.max_queued_messages)
+            session = Session(client_id, self.max_inflight, self._limits.max_queued_messages,
+                              conn.username)
             self.sessions[client_id] = session
+            self._own(session, 1)
         self.expiring.pop(client_id, None)
         session.max_inflight = self.max_inflight
+        if session.owner == UNCLAIMED:  # restored without an owner: claimed now
+            session.owner = conn.username
+            self._own(session, 1)
         return session, present
 
     def connected(self, conn: Connection) -> None:
         """``conn`` was sent CONNACK 0: it holds its client id."""
         self.clients[conn.client_id] = conn
         self._stats.clients_connected = len(self.clients)
+        self._count(conn, 1)
+        if self.admitted is not None:
+            self.admitted(conn)
 
     def _cancel_will(self, client_id: str, session_ends: bool) -> None:
         """The client reconnected: drop its delayed will, or send it now when the new
@@ -112,7 +188,8 @@ class Registry:
         if session_ends:
             self.publish_will(pending[1], pending[2])
         else:
-            clients_log.info("client %s reconnected: its delayed will is cancelled", client_id)
+            clients_log.info("client %s reconnected: its delayed will is cancelled",
+                             safe(client_id))
 
     # -- a connection ends -----------------------------------------------------------------
 
@@ -122,6 +199,7 @@ class Registry:
         if self.clients.get(cid) is conn:
             del self.clients[cid]
             self._stats.clients_connected = len(self.clients)
+        self._count(conn, -1)
         session = conn.session
         conn.session = None
         expire = False
@@ -133,7 +211,8 @@ class Registry:
             elif session.expiry_interval is not None:
                 session.expires_at = self._clock() + session.expiry_interval
                 self.expiring[cid] = session
-        clients_log.info("client %s disconnected: %s", cid, conn.close_reason or "closed")
+        clients_log.info("client %s disconnected: %s", conn.name,
+                         safe(conn.close_reason or "closed", 256))
         hooks = self._hooks
         if hooks.on_disconnect is not None:
             hooks.on_disconnect(conn, None if conn.clean_disconnect else conn.close_reason,
@@ -147,7 +226,7 @@ class Registry:
                 # session's expiry, unless the client comes back first (MQTT 5 3.1.3.2.2)
                 if session.expiry_interval is not None:
                     delay = min(delay, session.expiry_interval)
-                clients_log.info("client %s: its will is delayed by %d s", cid, delay)
+                clients_log.info("client %s: its will is delayed by %d s", conn.name, delay)
                 self.pending_wills[cid] = (self._clock() + delay, conn, will)
             else:
                 self.publish_will(conn, will)
@@ -156,7 +235,16 @@ class Registry:
         hooks = self._hooks
         if hooks.on_will is not None:
             will = hooks.on_will(conn, will)
-        clients_log.info("client %s: publishing its will to %s", conn.client_id, will.topic)
+        if self.access is not None:
+            # the rules may have changed since CONNECT (a reload, a delayed will): the
+            # decision is asked afresh
+            conn.acl_cache.clear()
+            why = self.access.will_refusal(conn, will.topic)
+            if why is not None:
+                clients_log.warning("client %s: its will to %s is not published: %s",
+                                    conn.name, safe(will.topic), why)
+                return
+        clients_log.info("client %s: publishing its will to %s", conn.name, safe(will.topic))
         self.router.route(Message(will.topic, will.payload, will.qos, will.retain,
                                   will.properties, conn.client_id, self._clock()), conn)
         if hooks.on_published is not None:
@@ -173,6 +261,7 @@ class Registry:
         self.expiring.pop(cid, None)
         if self.sessions.get(cid) is session:
             del self.sessions[cid]
+            self._own(session, -1)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -187,7 +276,7 @@ class Registry:
         if self.expiring:
             for cid, session in list(self.expiring.items()):
                 if session.expires_at is not None and session.expires_at <= now:
-                    clients_log.info("session %s expired", cid)
+                    clients_log.info("session %s expired", safe(cid))
                     self.discard(session)
                     if self._hooks.on_client_expired is not None:
                         self._hooks.on_client_expired(cid)
@@ -202,7 +291,9 @@ class Registry:
         now = self._clock()
         for entry in clients:
             session = Session(entry["client_id"], self.max_inflight,
-                              self._limits.max_queued_messages)
+                              self._limits.max_queued_messages,
+                              entry.get("owner", UNCLAIMED))
+            self._own(session, 1)
             session.expiry_interval = entry.get("expiry_interval")
             if session.expiry_interval is not None:
                 session.expires_at = now + session.expiry_interval

@@ -246,6 +246,8 @@ class HookCaller(Generic[P, R]):
         """What an implementation's exception means under this rule (``_SKIP``: go on)."""
         rule = self.rule
         if rule == VOTE:
+            if isinstance(exc, Refuse) and self.name == "on_connect_authenticate":
+                raise exc  # a refusal with its own reason code (0x89 Server busy, say)
             log.error("plugin %s failed in %s; counted as a denial", impl.plugin, self.name,
                       exc_info=exc)
             return False

@@ -91,7 +91,8 @@ def on_reload(broker: BrokerHandle) -> None:
     """The operator asked for a reload (SIGHUP): re-read files such as a ledger.
 
     A midge addition to mochi-mqtt's list. Keep the old state when the new one is
-    invalid, and log why. Return value ignored.
+    invalid, and log why. Return value ignored. ``async def`` implementations are awaited:
+    cached ACL decisions are cleared only once every implementation has finished.
     """
 
 
@@ -127,7 +128,9 @@ def on_connect_authenticate(client: Client, packet: Connect) -> bool | None:
     v3 return code 4, when the client gave a user name; 0x87, v3 return code 5,
     otherwise). ``packet.username`` and
     ``packet.password`` hold the credentials. May be ``async def`` (run slow password
-    hashing in a thread with ``anyio.to_thread.run_sync``).
+    hashing in a thread with ``anyio.to_thread.run_sync``). Raise ``midge.Refuse(code)``
+    to refuse with another reason code than a denial's, for example 0x89 Server busy
+    when the attempt waited too long for a hashing slot, or 0x8A Banned.
     """
 
 
@@ -318,7 +321,10 @@ def on_retained_expired(topic: str) -> None:
 
 @_rule(FIRST_NON_EMPTY, True)
 def stored_clients() -> list[dict[str, Any]]:
-    """Sessions to restore: ``{"client_id": str, "expiry_interval": int | None}`` each."""
+    """Sessions to restore: ``{"client_id": str, "expiry_interval": int | None,
+    "owner": str | None}`` each (``owner``, optional: the user name that owns the
+    session, None for a client without one; only that user may resume it; without the
+    key, the first client to connect with the id claims the session)."""
 
 
 @_rule(FIRST_NON_EMPTY, True)

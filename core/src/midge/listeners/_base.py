@@ -8,6 +8,7 @@ engine's ``Ask`` the same way, through ``settle``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -15,6 +16,7 @@ from anyio.abc import TaskGroup
 
 from ..config import ListenerSettings
 from ..engine import Ask, Connection, Driver
+from ..logsafe import Throttle
 
 log = logging.getLogger("midge.listeners")
 
@@ -24,6 +26,9 @@ class Opener(Protocol):
 
     @property
     def connections(self) -> set[Connection]: ...
+
+    def pending_from(self, host: str) -> int:
+        """Connections from ``host`` not yet sent CONNACK 0."""
 
     def open(self, driver: Driver, listener: ListenerSettings, host: str,
              port: int) -> Connection: ...
@@ -49,21 +54,34 @@ Bind = Callable[["Acceptor", ListenerSettings], Awaitable[Listener]]
 class Acceptor:
     """Admission and Connection construction, in one place for every transport."""
 
-    __slots__ = ("_max", "_opener")
+    __slots__ = ("_max", "_max_pending", "_opener", "_refusals")
 
-    def __init__(self, opener: Opener, max_connections: int) -> None:
+    def __init__(self, opener: Opener, max_connections: int,
+                 max_pending_per_address: int = 0) -> None:
         self._opener = opener
         self._max = max_connections
+        self._max_pending = max_pending_per_address
+        #: refusal warnings: a flood of sockets must not become a flood of log lines
+        self._refusals = Throttle(time.monotonic)
 
     def accept(self, driver: Driver, listener: ListenerSettings, host: str,
                port: int) -> Connection | None:
         """A Connection for a new transport, or None when it must be closed at once
-        (``max_connections`` reached)."""
+        (``max_connections`` reached, or ``max_pending_per_address`` connections from
+        this address have not logged in yet)."""
         if len(self._opener.connections) >= self._max:
-            log.warning("refusing connection from %s:%s on %s: max_connections %d reached",
-                        host, port, listener.label, self._max)
+            self._refused(host, port, listener, f"max_connections {self._max} reached")
+            return None
+        if self._max_pending and self._opener.pending_from(host) >= self._max_pending:
+            self._refused(host, port, listener, f"{self._max_pending} connections from "
+                          "this address have not logged in (max_pending_per_address)")
             return None
         return self._opener.open(driver, listener, host, port)
+
+    def _refused(self, host: str, port: int, listener: ListenerSettings, why: str) -> None:
+        if self._refusals.allow():
+            log.warning("refusing connection from %s:%s on %s: %s%s", host, port,
+                        listener.label, why, self._refusals.take_suppressed())
 
 
 async def settle(conn: Connection, pending: Ask | None) -> None:

@@ -3,7 +3,9 @@
 The rule: the asyncio path spawns no task per connection. Bytes arrive in
 ``data_received``, are decoded and handled at once, and the answers are written once per
 event-loop iteration; a task is started only while the engine waits for a decision (an
-``async def`` hook), and reading pauses meanwhile so packets keep their order. Other
+``async def`` hook), and what arrives meanwhile is held back, in order, until the
+decision is told (reading pauses only when a packet's worth is held), so a peer that
+hangs up while its CONNECT is being decided is noticed at once. Other
 anyio backends get the same Connection driven by a reader task and a writer task.
 """
 
@@ -30,6 +32,8 @@ CLOSE_FLUSH_TIMEOUT = 2.0
 RECEIVE_SIZE = 65536
 #: connections the kernel may hold ready for accept
 ACCEPT_BACKLOG = 4096
+#: bytes held back while a decision is awaited before reading pauses
+HOLD_LIMIT = 65536
 _CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
@@ -88,8 +92,9 @@ class AsyncioDriver(asyncio.Protocol):
     """Moves bytes between an asyncio transport and a Connection."""
 
     __slots__ = (
-        "_abort_handle", "_acceptor", "_closed", "_flush_handle", "_paused", "_tg", "conn",
-        "loop", "paused_frames", "spec", "transport",
+        "_abort_handle", "_acceptor", "_closed", "_flush_handle", "_held", "_held_size",
+        "_paused", "_reading_paused", "_settling", "_tg", "conn", "loop", "paused_frames",
+        "spec", "transport",
     )
 
     def __init__(self, acceptor: Acceptor, spec: ListenerSettings, tg: TaskGroup) -> None:
@@ -103,6 +108,11 @@ class AsyncioDriver(asyncio.Protocol):
         self._abort_handle: asyncio.TimerHandle | None = None
         self._paused = False
         self._closed = False
+        #: a decision is awaited: input is held back in ``_held`` meanwhile
+        self._settling = False
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._reading_paused = False
         #: frames handed to the transport while it asked us to stop writing
         self.paused_frames = 0
 
@@ -123,17 +133,35 @@ class AsyncioDriver(asyncio.Protocol):
         conn = self.conn
         if conn is None or conn.closing:
             return
+        if self._settling:
+            # keep reading (an end of the connection is seen at once), hold the bytes
+            self._held.append(data)
+            self._held_size += len(data)
+            if self._held_size >= HOLD_LIMIT and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+            return
         pending = conn.feed(data)
         if pending is not None:
-            assert self.transport is not None
-            self.transport.pause_reading()
+            self._settling = True
             self._tg.start_soon(self._settle, conn, pending)
 
-    async def _settle(self, conn: Connection, pending: Ask) -> None:
+    async def _settle(self, conn: Connection, pending: Ask | None) -> None:
         try:
-            await settle(conn, pending)
+            while pending is not None:
+                await settle(conn, pending)
+                pending = None
+                if self._held and not conn.closing:
+                    data = b"".join(self._held)
+                    self._held.clear()
+                    self._held_size = 0
+                    pending = conn.feed(data)
         finally:
-            if not self._closed and self.transport is not None:
+            self._settling = False
+            self._held.clear()
+            self._held_size = 0
+            if self._reading_paused and not self._closed and self.transport is not None:
+                self._reading_paused = False
                 self.transport.resume_reading()
 
     def eof_received(self) -> bool:

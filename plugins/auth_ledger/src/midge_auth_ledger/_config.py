@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,20 @@ from ._mosquitto import ACL_KEY, PASSWORD_KEY, parse_acl_file, parse_password_fi
 from ._parse import SECTIONS, parse_sections
 from ._rules import AclRule, AuthRule, Ledger, LedgerError, Match, User
 
-CONFIG_KEYS = ("file", *SECTIONS, "acl_default", PASSWORD_KEY, ACL_KEY)
+#: the login-flood defences: key -> (default, lowest, highest, meaning)
+GUARD_KEYS: dict[str, tuple[float, float, float, str]] = {
+    "hash_workers": (2, 1, 256, "password hashes computed at once"),
+    "hash_per_address": (1, 1, 256, "password hashes computed at once for one address"),
+    "hash_queue_timeout": (3.0, 0.01, 3600, "seconds an attempt may wait for a hash slot"),
+    "hash_queue_max": (1000, 1, 10_000_000, "attempts waiting for a hash slot"),
+    "failure_delay": (0.5, 0, 60, "seconds a failed login is answered late, doubled "
+                      "with each recent failure from the address (at most 16 times)"),
+    "ban_after": (10, 0, 1_000_000, "failed logins from one address that ban it (0: never)"),
+    "ban_window": (60.0, 1, 86400, "seconds in which ban_after failures count"),
+    "ban_seconds": (60.0, 1, 86400 * 30, "seconds an address stays banned"),
+}
+CONFIG_KEYS = ("file", *SECTIONS, "acl_default", PASSWORD_KEY, ACL_KEY,
+               "use_username_as_clientid", *GUARD_KEYS)
 ACL_DEFAULTS = {"deny": False, "allow": True}
 FILE_TYPES = (".yaml", ".yml", ".json", ".toml")
 
@@ -38,6 +51,10 @@ class LedgerConfig:
     acl_default: bool = False
     password_file: Path | None = None
     acl_file: Path | None = None
+    #: the client id is replaced by the user name (Mosquitto's and EMQX's option)
+    use_username_as_clientid: bool = False
+    #: GUARD_KEYS' values
+    guard: Mapping[str, float] = field(default_factory=dict)
 
     def files(self) -> list[Path]:
         return [p for p in (self.file, self.password_file, self.acl_file) if p is not None]
@@ -58,13 +75,33 @@ def parse_config(table: Mapping[str, Any]) -> LedgerConfig:
     if default not in ACL_DEFAULTS:
         raise LedgerError("acl_default", f"must be 'deny' or 'allow', not {default!r}")
     users, auth, acl = parse_sections(table)
+    as_client_id = table.get("use_username_as_clientid", False)
+    if not isinstance(as_client_id, bool):
+        raise LedgerError("use_username_as_clientid",
+                          f"must be true or false, not {as_client_id!r}")
     return LedgerConfig(
+        use_username_as_clientid=as_client_id,
+        guard=_guard(table),
         file=_path(table, "file", FILE_TYPES),
         users=users, auth=auth, acl=acl,
         acl_default=ACL_DEFAULTS[default],
         password_file=_path(table, PASSWORD_KEY),
         acl_file=_path(table, ACL_KEY),
     )
+
+
+def _guard(table: Mapping[str, Any]) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for key, (default, low, high, _meaning) in GUARD_KEYS.items():
+        value = table.get(key, default)
+        whole = isinstance(default, int)
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            kind = "an integer" if whole else "a number"
+            raise LedgerError(key, f"must be {kind}, not {value!r}")
+        if not low <= value <= high:
+            raise LedgerError(key, f"{value} is out of range; allowed: {low:g}..{high:g}")
+        values[key] = value
+    return values
 
 
 def load_ledger(config: LedgerConfig) -> Ledger:

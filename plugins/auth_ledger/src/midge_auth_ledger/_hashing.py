@@ -66,6 +66,20 @@ class StoredPassword:
                                    dklen=len(self.digest))
 
 
+def dummy_like(stored: list[StoredPassword]) -> StoredPassword | None:
+    """A password no one knows, hashed like the most common of ``stored`` (same
+    scheme and cost, its own salt); None when none of them is hashed."""
+    costs: dict[tuple[str, int, tuple[int, int, int], int], int] = {}
+    for item in stored:
+        if item.hashed:
+            key = (item.scheme, item.iterations, item.scrypt, len(item.digest))
+            costs[key] = costs.get(key, 0) + 1
+    if not costs:
+        return None
+    scheme, iterations, cost, size = max(costs, key=lambda k: costs[k])
+    return StoredPassword(scheme, os.urandom(size), os.urandom(SALT_BYTES), iterations, cost)
+
+
 def parse_password(text: str) -> StoredPassword:
     """Parse a stored password; ``ValueError`` says what is wrong with a malformed one."""
     if text.startswith("plain$"):

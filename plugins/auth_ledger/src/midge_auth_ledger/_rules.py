@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntFlag
 
-from ._hashing import StoredPassword
+from ._hashing import StoredPassword, dummy_like
 from ._patterns import covers, wildcard_match
 
 _TOKEN = re.compile("%[cu]")
@@ -110,6 +110,22 @@ class Ledger:
     auth: tuple[AuthRule, ...] = ()
     acl: tuple[AclRule, ...] = ()
     acl_default: bool = False
+    #: what an unknown user's password is checked against, so that answering one
+    #: costs what answering a known user costs (no user enumeration by timing)
+    dummy: StoredPassword | None = field(default=None, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dummy", dummy_like(
+            [u.password for u in self.users.values() if u.password is not None]))
+
+    @property
+    def plain_text(self) -> list[str]:
+        """Where passwords are stored in plain text: ``users.NAME`` and ``auth[N]``."""
+        where = [f"users.{name}" for name, user in self.users.items()
+                 if user.password is not None and not user.password.hashed]
+        where += [f"auth[{index}]" for index, rule in enumerate(self.auth)
+                  if rule.password is not None and not rule.password.hashed]
+        return where
 
     @property
     def hashed(self) -> bool:
@@ -120,12 +136,15 @@ class Ledger:
     def authenticate(self, who: Identity, password: bytes | None) -> tuple[bool, str]:
         """Decide a connection: (allowed, why) where why names the deciding entry."""
         user = self.users.get(who.username) if who.username is not None else None
-        if user is not None:
-            if user.disallow:
-                return False, "user is disallowed"
-            if user.password is not None and password is not None \
-                    and user.password.verify(password):
+        if user is not None and user.password is not None and not user.disallow:
+            if password is not None and user.password.verify(password):
                 return True, "user password"
+        elif who.username is not None and password is not None and self.dummy is not None:
+            # an unknown, disallowed or password-less user: the same hash as a known
+            # one, its answer thrown away
+            self.dummy.verify(password)
+        if user is not None and user.disallow:
+            return False, "user is disallowed"
         for index, rule in enumerate(self.auth):
             if rule.matches(who, password):
                 return rule.allow, f"auth rule {index}"
