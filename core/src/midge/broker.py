@@ -134,13 +134,16 @@ class Broker:
             self._stop.set()
 
     async def _bind(self) -> None:
-        acceptor = Acceptor(self.engine, self.limits.max_connections)
+        acceptor = Acceptor(self.engine, self.limits.max_connections,
+                            self.limits.connect_timeout)
         for spec in self.settings.listeners:
             listener = await REGISTRY[spec.type](acceptor, spec)
             self._listeners.append(listener)
             for host, port in listener.addresses:
                 self.addresses.append((host, port))
-                log.info("listening on %s:%s (%s%s)", host, port, spec.type,
+                where = f"unix:{host}" if spec.type == "unix" else f"{host}:{port}"
+                log.info("listening on %s (%s%s%s)", where, spec.type,
+                         f" {spec.name}" if spec.name else "",
                          ", anonymous clients allowed" if spec.allow_anonymous else "")
 
     async def _shutdown(self) -> None:
@@ -309,8 +312,14 @@ class Broker:
         return self.engine.clients.get(client_id)
 
     def reload(self) -> None:
-        """SIGHUP: let plugins re-read their files; forget cached ACL decisions."""
+        """SIGHUP: reload the listeners' certificates, let plugins re-read their files,
+        forget cached ACL decisions. Open connections are kept."""
         log.info("reloading")
+        for listener in self._listeners:
+            try:
+                listener.reload()
+            except Exception:
+                log.exception("reloading a listener failed")
         if self.hooks.on_reload is not None:
             self.hooks.on_reload(self)
         self.engine.forget_acl_decisions()

@@ -104,7 +104,8 @@ class ConnectFlow:
             cid = "midge" + uuid.uuid4().hex[:18]
             assigned = True
         conn.client_id = cid
-        conn.username = packet.username
+        # a transport-established identity (TLS use_identity_as_username) wins
+        conn.username = packet.username if conn.identity is None else conn.identity
         if v5:  # also for the AUTH packets of an enhanced-authentication exchange
             conn.problem_info = props.get(Property.REQUEST_PROBLEM_INFORMATION, 1) == 1
         keepalive = packet.keepalive

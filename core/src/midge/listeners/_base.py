@@ -13,8 +13,10 @@ from typing import Protocol
 
 from anyio.abc import TaskGroup
 
+from ..api import PeerCertificate
 from ..config import ListenerSettings
 from ..engine import Ask, Connection, Driver
+from ..stats import Stats
 
 log = logging.getLogger("midge.listeners")
 
@@ -25,8 +27,15 @@ class Opener(Protocol):
     @property
     def connections(self) -> set[Connection]: ...
 
-    def open(self, driver: Driver, listener: ListenerSettings, host: str,
-             port: int) -> Connection: ...
+    @property
+    def listener_counts(self) -> dict[ListenerSettings, int]: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    def open(self, driver: Driver, listener: ListenerSettings, host: str, port: int, *,
+             certificate: PeerCertificate | None = None,
+             identity: str | None = None) -> Connection: ...
 
 
 class Listener(Protocol):
@@ -41,6 +50,11 @@ class Listener(Protocol):
     async def aclose(self) -> None:
         """Stop accepting (open connections are the engine's to close)."""
 
+    def reload(self) -> None:
+        """SIGHUP: re-read what the listener loaded from files (TLS certificates and
+        keys); open connections are kept. A file that cannot be used keeps the old state
+        and is logged."""
+
 
 #: how a listener type binds: (acceptor, its settings) -> a bound, not yet accepting, Listener
 Bind = Callable[["Acceptor", ListenerSettings], Awaitable[Listener]]
@@ -49,21 +63,45 @@ Bind = Callable[["Acceptor", ListenerSettings], Awaitable[Listener]]
 class Acceptor:
     """Admission and Connection construction, in one place for every transport."""
 
-    __slots__ = ("_max", "_opener")
+    __slots__ = ("_max", "_opener", "handshake_timeout")
 
-    def __init__(self, opener: Opener, max_connections: int) -> None:
+    def __init__(self, opener: Opener, max_connections: int,
+                 handshake_timeout: float = 10.0) -> None:
         self._opener = opener
         self._max = max_connections
+        #: seconds a transport has for its handshakes (PROXY header, TLS, WebSocket
+        #: upgrade) before it has a Connection (the broker's ``connect_timeout``)
+        self.handshake_timeout = handshake_timeout
 
-    def accept(self, driver: Driver, listener: ListenerSettings, host: str,
-               port: int) -> Connection | None:
-        """A Connection for a new transport, or None when it must be closed at once
-        (``max_connections`` reached)."""
+    def admits(self, listener: ListenerSettings, host: str, port: int) -> bool:
+        """May one more transport connect? (Logs why not.)"""
         if len(self._opener.connections) >= self._max:
             log.warning("refusing connection from %s:%s on %s: max_connections %d reached",
                         host, port, listener.label, self._max)
+            return False
+        if self._opener.listener_counts.get(listener, 0) >= listener.max_connections:
+            log.warning("refusing connection from %s:%s on %s: the listener's "
+                        "max_connections %d reached", host, port, listener.label,
+                        listener.max_connections)
+            return False
+        return True
+
+    def accept(self, driver: Driver, listener: ListenerSettings, host: str, port: int, *,
+               certificate: PeerCertificate | None = None,
+               identity: str | None = None) -> Connection | None:
+        """A Connection for a new transport, or None when it must be closed at once
+        (``max_connections`` reached). ``certificate`` and ``identity`` are what the
+        transport established (TLS)."""
+        if not self.admits(listener, host, port):
             return None
-        return self._opener.open(driver, listener, host, port)
+        return self._opener.open(driver, listener, host, port, certificate=certificate,
+                                 identity=identity)
+
+    def failed(self, listener: ListenerSettings, host: str, port: int, why: str) -> None:
+        """A transport failed before it had a Connection (a TLS handshake, a WebSocket
+        upgrade, a PROXY header): counted, and logged once."""
+        self._opener.stats.transport_errors += 1
+        log.warning("%s: connection from %s:%s closed: %s", listener.label, host, port, why)
 
 
 async def settle(conn: Connection, pending: Ask | None) -> None:
