@@ -137,10 +137,14 @@ class AsyncioDriver(asyncio.Protocol):
             # half-close: our last words go out, then FIN; the client may still be sending
             # (PUBRELs after a DISCONNECT, say), and closing outright would answer those
             # with a reset that can destroy the DISCONNECT before the client reads it
-            if transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
+            try:
+                if transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+            except OSError:  # the peer is already gone
+                transport.abort()
+                return
             self._abort_handle = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
 
     @property

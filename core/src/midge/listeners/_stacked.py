@@ -169,10 +169,14 @@ class StackedAsyncioDriver(AsyncioDriver):
             transport.write(wire)
         if closing:
             # as for plain TCP: our last words, then FIN; the peer may still answer
-            if transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
+            try:
+                if transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+            except OSError:  # the peer is already gone
+                transport.abort()
+                return
             self._abort_handle = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
 
 

@@ -47,8 +47,11 @@ def build_context(spec: ListenerSettings) -> ssl.SSLContext:
     try:
         context.load_cert_chain(spec.certfile, spec.keyfile)
     except (OSError, ssl.SSLError) as exc:
+        why = _describe(exc)
+        if isinstance(exc, ssl.SSLError) and not exc.reason or "pem lib" in why:
+            why = "not a PEM certificate chain with its matching private key"
         raise OSError(f"{spec.label}: certfile {spec.certfile!r} / keyfile {spec.keyfile!r} "
-                      f"cannot be used: {_describe(exc)}") from None
+                      f"cannot be used: {why}") from None
     if spec.cafile or spec.capath:
         key = "cafile" if spec.cafile else "capath"
         try:
@@ -66,10 +69,16 @@ def build_context(spec: ListenerSettings) -> ssl.SSLContext:
     return context
 
 
+#: OpenSSL reasons that mean the peer does not speak TLS at all
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNSUPPORTED_PROTOCOL", "RECORD_LAYER_FAILURE")
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"{exc.reason or 'certificate verify failed'} ({exc.verify_message})"
+        return f"certificate verify failed ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError) and exc.reason:
+        if exc.reason in _NOT_TLS:
+            return f"not TLS ({exc.reason.lower()}: plain MQTT or HTTP sent to a TLS port?)"
         return str(exc.reason).replace("_", " ").lower()
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
@@ -89,7 +98,7 @@ class Contexts:
         try:
             context = build_context(self.spec)
         except OSError as exc:
-            log.error("%s: keeping the current certificates: %s", self.spec.label, exc)
+            log.error("keeping the current certificates: %s", exc)
             return
         self.context = context
         log.info("%s: certificates reloaded (open connections keep theirs)", self.spec.label)
