@@ -200,6 +200,8 @@ class StackedStreamDriver:
         self.pipeline = pipeline
         self._wake = anyio.Event()
         self._reader: anyio.CancelScope | None = None
+        # the reader sends too (pongs, close answers): one send at a time
+        self._sending = anyio.Lock()
 
     @property
     def backlog(self) -> int:
@@ -210,7 +212,8 @@ class StackedStreamDriver:
 
     async def _send(self, data: bytes) -> None:
         if data:
-            await self.stream.send(data)
+            async with self._sending:
+                await self.stream.send(data)
 
     async def run(self) -> None:
         try:
