@@ -79,7 +79,7 @@ def test_tls_behind_a_proxy(settings_broker: Callable[..., RunningBroker], pki: 
         sock, server_hostname="127.0.0.1")
     with wrapped:
         connect_through(wrapped, "tls-proxied")
-    user, host, port, cert, _name = recorder.seen.wait("tls-proxied")
+    _user, host, port, cert, _name = recorder.seen.wait("tls-proxied")
     assert (host, port) == ("203.0.113.7", 56324)
     assert cert is not None and cert.common_name == "sensor-1"
 

@@ -191,7 +191,7 @@ def test_bad_upgrades_are_refused_with_an_http_status(
     ws_broker: tuple[RunningBroker, Endpoint, Endpoint], kwargs: dict[str, Any], status: int,
     text: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    broker, ws, tcp = ws_broker
+    broker, ws, _tcp = ws_broker
     caplog.set_level(logging.WARNING, "midge.listeners")
     client = WsClient(ws, **kwargs)
     try:
@@ -309,7 +309,7 @@ def test_a_server_side_close_sends_disconnect_then_a_close_frame(
 def test_a_stalled_upgrade_is_closed_after_connect_timeout(
     ws_broker: tuple[RunningBroker, Endpoint, Endpoint],
 ) -> None:
-    _broker, ws, tcp = ws_broker
+    _broker, ws, _tcp = ws_broker
     with socket.create_connection((ws.host, ws.port), timeout=5) as sock:
         sock.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n")  # headers never end
         started = time.monotonic()
@@ -357,7 +357,8 @@ def test_websocket_over_the_trio_backend(settings_broker: Callable[..., RunningB
 NODE_SCRIPT = r"""
 const mqtt = require("mqtt");
 const [url, ca] = process.argv.slice(2);
-const options = { protocolVersion: 5, clientId: "mqttjs-" + Math.random().toString(16).slice(2) };
+const options = { protocolVersion: 5,
+                  clientId: "mqttjs-" + Math.random().toString(16).slice(2) };
 if (ca) { options.ca = require("fs").readFileSync(ca); options.rejectUnauthorized = true; }
 const client = mqtt.connect(url, options);
 const timer = setTimeout(() => { console.log(JSON.stringify({ error: "timeout" })); process.exit(2); }, 8000);

@@ -48,7 +48,7 @@ def build_context(spec: ListenerSettings) -> ssl.SSLContext:
         context.load_cert_chain(spec.certfile, spec.keyfile)
     except (OSError, ssl.SSLError) as exc:
         why = _describe(exc)
-        if isinstance(exc, ssl.SSLError) and not exc.reason or "pem lib" in why:
+        if (isinstance(exc, ssl.SSLError) and not exc.reason) or "pem lib" in why:
             why = "not a PEM certificate chain with its matching private key"
         raise OSError(f"{spec.label}: certfile {spec.certfile!r} / keyfile {spec.keyfile!r} "
                       f"cannot be used: {why}") from None
