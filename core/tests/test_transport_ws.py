@@ -354,27 +354,6 @@ def test_websocket_over_the_trio_backend(settings_broker: Callable[..., RunningB
 
 # -- MQTT.js under node ---------------------------------------------------------------------
 
-NODE_SCRIPT = r"""
-const mqtt = require("mqtt");
-const [url, ca] = process.argv.slice(2);
-const options = { protocolVersion: 5,
-                  clientId: "mqttjs-" + Math.random().toString(16).slice(2) };
-if (ca) { options.ca = require("fs").readFileSync(ca); options.rejectUnauthorized = true; }
-const client = mqtt.connect(url, options);
-const timer = setTimeout(() => { console.log(JSON.stringify({ error: "timeout" })); process.exit(2); }, 8000);
-client.on("error", (e) => { console.log(JSON.stringify({ error: String(e) })); process.exit(1); });
-client.on("connect", () => {
-  client.subscribe("js/echo", { qos: 1 }, (err) => {
-    if (err) { console.log(JSON.stringify({ error: String(err) })); process.exit(1); }
-    client.publish("js/echo", "hello from MQTT.js", { qos: 1 });
-  });
-});
-client.on("message", (topic, payload) => {
-  clearTimeout(timer);
-  console.log(JSON.stringify({ topic, payload: payload.toString() }));
-  client.end(false, () => process.exit(0));
-});
-"""
 
 
 def node_available() -> bool:
@@ -390,11 +369,10 @@ needs_node = pytest.mark.skipif(
 @needs_node
 @pytest.mark.parametrize("kind", ["ws", "wss"])
 def test_mqttjs_over_ws_and_wss_in_node(settings_broker: Callable[..., RunningBroker],
-                                        pki: Pki, kind: str, tmp_path: Path) -> None:
+                                        pki: Pki, kind: str) -> None:
     broker = settings_broker([listener(kind, pki, mutual=False)])
     (endpoint,) = endpoints(broker)
-    script = tmp_path / "client.js"
-    script.write_text(NODE_SCRIPT)
+    script = JS / "roundtrip.js"
     scheme = "wss" if kind == "wss" else "ws"
     # the server certificate names 127.0.0.1: MQTT.js verifies it
     args = ["node", str(script), f"{scheme}://127.0.0.1:{endpoint.port}/mqtt"]

@@ -87,7 +87,7 @@ def paho_client(endpoint: Endpoint, pki: Pki | None = None, *, cert: str | None 
     if username is not None:
         client.username_pw_set(username, password)
     if endpoint.kind == "unix":
-        client.connect(endpoint.path, 0, keepalive=30)
+        client.connect(endpoint.path, 1, keepalive=30)  # paho wants a port; unix ignores it
     else:
         client.connect(endpoint.host, endpoint.port, keepalive=30)
     client.loop_start()
