@@ -37,7 +37,7 @@ class _Files(http.server.SimpleHTTPRequestHandler):
             return str(JS / "node_modules" / "mqtt" / "dist" / "mqtt.min.js")
         return str(JS / "page.html")
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         return None
 
 
