@@ -4,17 +4,23 @@ QoS 0 to 2, a retained message, and a payload larger than one read."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import Pki, RunningBroker
+from conftest import Pki, RawClient, RunningBroker
 from transport_kit import endpoints, listener, paho_client
+
+from midge.codec import ConnAck
 
 TRANSPORTS = ["tcp", "tls", "ws", "wss", "unix"]
 
@@ -60,8 +66,6 @@ def test_publish_subscribe_round_trip(settings_broker: Callable[..., RunningBrok
 
 def test_round_trip_behind_a_proxy_header(settings_broker: Callable[..., RunningBroker]) -> None:
     """paho cannot write a PROXY header: a relay on loopback does, as HAProxy would."""
-    import threading
-
     broker = settings_broker([listener("tcp", proxy_protocol=True)])
     (target,) = endpoints(broker)
     server = socket.create_server(("127.0.0.1", 0))
@@ -75,10 +79,8 @@ def test_round_trip_behind_a_proxy_header(settings_broker: Callable[..., Running
             pass
         finally:
             for sock in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def accept_loop() -> None:
         while True:
@@ -107,3 +109,35 @@ def test_round_trip_behind_a_proxy_header(settings_broker: Callable[..., Running
         b.close()
     finally:
         server.close()
+
+
+def test_a_listener_max_connections_is_its_own(
+    settings_broker: Callable[..., RunningBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "midge.listeners")
+    broker = settings_broker([listener("tcp", max_connections=2, name="small"),
+                              listener("tcp")])
+    small, big = endpoints(broker)
+    kept = [RawClient(small.port) for _ in range(2)]
+    for index, raw in enumerate(kept):
+        assert raw.connect(f"small-{index}") == ConnAck(0)
+    third = RawClient(small.port)
+    assert third.closed()
+    others = [RawClient(big.port) for _ in range(3)]
+    for index, raw in enumerate(others):
+        assert raw.connect(f"big-{index}") == ConnAck(0)
+    assert any("the listener's max_connections 2 reached" in r.getMessage()
+               for r in caplog.records)
+    kept[0].close()
+    deadline = time.monotonic() + 3
+    while True:  # the freed place is taken again
+        again = RawClient(small.port)
+        try:
+            assert again.connect("small-again") == ConnAck(0)
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline
+        finally:
+            again.close()
+    for raw in kept[1:] + others + [third]:
+        raw.close()

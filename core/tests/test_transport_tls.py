@@ -277,3 +277,43 @@ def test_tls_over_the_trio_backend(settings_broker: Callable[..., RunningBroker]
     b.close()
     refused_over_tls(tls, pki)
     paho_client(tls, pki, cert=pki.client_cert, key=pki.client_key).close()
+
+
+class SlowAuth:
+    """An ``async def`` auth hook: the stacked driver must pause reading while it waits."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str | None, str | None]] = []
+
+    @hookimpl
+    async def on_connect_authenticate(self, client: Any, packet: Any) -> bool:
+        import anyio
+
+        await anyio.sleep(0.05)
+        cert = client.certificate
+        self.seen.append((client.username, cert.common_name if cert else None))
+        return cert is not None
+
+    @hookimpl
+    def on_acl_check(self, client: Any, topic: str, write: bool) -> bool:
+        return True
+
+
+def test_an_async_auth_hook_decides_on_the_certificate(
+    settings_broker: Callable[..., RunningBroker], pki: Pki
+) -> None:
+    auth = SlowAuth()
+    spec = listener("tls", pki, mutual=False, cafile=pki.ca, allow_anonymous=False)
+    broker = settings_broker([spec], plugins=[("slow", auth)])
+    (tls,) = endpoints(broker)
+    a = paho_client(tls, pki, cert=pki.client_cert, key=pki.client_key, username="u")
+    b = paho_client(tls, pki, cert=pki.client_cert, key=pki.client_key, username="v")
+    round_trip(a, b, "async/auth")
+    a.close()
+    b.close()
+    refused = paho_client(tls, pki, wait=False)
+    _flags, rc, _props = refused.connack.get(timeout=5)
+    assert rc.is_failure
+    refused.close()
+    assert sorted(auth.seen, key=str) == sorted(
+        [("u", "sensor-1"), ("v", "sensor-1"), (None, None)], key=str)

@@ -101,7 +101,8 @@ class StackedAsyncioDriver(AsyncioDriver):
             if conn is None:
                 self._fail(str(exc))
             else:
-                self._acceptor.failed(self.spec, *self._address, f"client {conn.name}: {exc}")
+                self._acceptor.failed(self.spec, conn.remote_host, conn.remote_port,
+                                      f"client {conn.name}: {exc}")
                 self._reason = str(exc)
                 self._shut()
             return
