@@ -317,3 +317,18 @@ def test_an_async_auth_hook_decides_on_the_certificate(
     refused.close()
     assert sorted(auth.seen, key=str) == sorted(
         [("u", "sensor-1"), ("v", "sensor-1"), (None, None)], key=str)
+
+
+def test_a_certificate_without_the_identity_field_is_refused(
+    settings_broker: Callable[..., RunningBroker], pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "midge.listeners")
+    spec = listener("tls", pki, use_identity_as_username=True, identity_field="emailAddress")
+    broker = settings_broker([spec])
+    (tls,) = endpoints(broker)
+    refused_over_tls(tls, pki, pki.client_cert, pki.client_key)
+    deadline = time.monotonic() + 3
+    while not any("has no emailAddress" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.02)
+    assert broker.broker.stats.transport_errors == 1

@@ -40,6 +40,10 @@ class Layer(Protocol):
     def certificate(self) -> PeerCertificate | None:
         """The verified client certificate (TLS)."""
 
+    @property
+    def identity(self) -> str | None:
+        """A username the layer established (TLS ``use_identity_as_username``)."""
+
     def receive(self, data: bytes) -> bytes:
         """Bytes from below; returns the bytes for the layer above."""
 
@@ -86,6 +90,13 @@ class Pipeline:
         for layer in self.layers:
             if layer.certificate is not None:
                 return layer.certificate
+        return None
+
+    @property
+    def identity(self) -> str | None:
+        for layer in self.layers:
+            if layer.identity is not None:
+                return layer.identity
         return None
 
     def receive(self, data: bytes) -> bytes:

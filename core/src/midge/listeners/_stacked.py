@@ -130,15 +130,11 @@ class StackedAsyncioDriver(AsyncioDriver):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        host, port = self.pipeline.address or self._address
         pipeline = self.pipeline
-        try:
-            identity = _identity(pipeline)
-        except TransportError as exc:
-            self._fail(str(exc))
-            return None
+        host, port = pipeline.address or self._address
         conn = self._acceptor.accept(self, self.spec, host, port,
-                                     certificate=pipeline.certificate, identity=identity)
+                                     certificate=pipeline.certificate,
+                                     identity=pipeline.identity)
         if conn is None:
             self._closed = True
             assert self.transport is not None
@@ -179,14 +175,6 @@ class StackedAsyncioDriver(AsyncioDriver):
                 transport.abort()
                 return
             self._abort_handle = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
-
-
-def _identity(pipeline: Pipeline) -> str | None:
-    for layer in pipeline.layers:
-        identity = getattr(layer, "identity", None)
-        if identity is not None:
-            return str(identity)
-    return None
 
 
 class StackedStreamDriver:
@@ -244,14 +232,9 @@ class StackedStreamDriver:
             if self.pipeline.ended is not None:
                 return
             host, port = self.pipeline.address or (host, port)
-            try:
-                identity = _identity(self.pipeline)
-            except TransportError as exc:  # pragma: no cover - raised in the handshake
-                self._acceptor.failed(self.spec, host, port, str(exc))
-                return
             conn = self._acceptor.accept(self, self.spec, host, port,
                                          certificate=self.pipeline.certificate,
-                                         identity=identity)
+                                         identity=self.pipeline.identity)
             if conn is None:
                 return
             await self._serve(conn, app)

@@ -142,6 +142,7 @@ class ProxyLayer:
 
     ended: str | None = None
     certificate = None
+    identity = None
 
     def receive(self, data: bytes) -> bytes:
         if self.established:

@@ -48,6 +48,7 @@ class WebSocketLayer:
     __slots__ = ("_frame", "_out", "_spec", "_ws", "address", "ended", "established")
 
     certificate = None
+    identity = None
 
     def __init__(self, spec: ListenerSettings) -> None:
         self._spec = spec
