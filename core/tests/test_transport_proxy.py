@@ -160,3 +160,24 @@ def test_proxy_header_on_trio(settings_broker: Callable[..., RunningBroker],
     with socket.create_connection((tcp.host, tcp.port), timeout=5) as sock:
         sock.sendall(b"garbage\r\n")
         assert sock.recv(100) == b""
+
+
+def test_transport_errors_are_published_in_sys(
+    settings_broker: Callable[..., RunningBroker],
+) -> None:
+    broker = settings_broker([listener("tcp", proxy_protocol=True), listener("tcp")],
+                             sys_interval=1)
+    proxied, plain = endpoints(broker)
+    for _ in range(2):
+        with socket.create_connection((proxied.host, proxied.port), timeout=5) as sock:
+            sock.sendall(b"not a header\r\n")
+            assert sock.recv(10) == b""
+    watcher = paho_client(plain)
+    watcher.subscribe("$SYS/broker/connections/transport errors")
+    deadline = time.monotonic() + 5
+    while True:
+        message = watcher.expect(timeout=3)
+        if message.payload == b"2":
+            break
+        assert time.monotonic() < deadline, message.payload
+    watcher.close()
