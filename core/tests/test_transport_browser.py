@@ -1,5 +1,5 @@
 """MQTT.js in a real browser: headless Debian chromium, driven by selenium through
-chromedriver, loads a page that connects to a ws listener, subscribes, publishes and
+chromedriver, loads a page that connects to a ws (or wss) listener, subscribes, publishes and
 lists what it receives; the test reads the page, and a paho client talks to it."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunningBroker
+from conftest import Pki, RunningBroker
 from transport_kit import Endpoint, endpoints, listener, paho_client
 
 JS = Path(__file__).resolve().parent / "js"
@@ -62,6 +62,8 @@ def chromium(tmp_path: Path) -> Iterator[object]:
     for flag in ("--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 # the wss test's server certificate comes from the tests' own CA
+                 "--ignore-certificate-errors",
                  f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -85,13 +87,15 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> No
         time.sleep(0.1)
 
 
-def test_mqttjs_in_headless_chromium_over_ws(
+@pytest.mark.parametrize("kind", ["ws", "wss"])
+def test_mqttjs_in_headless_chromium(
     settings_broker: Callable[..., RunningBroker], page_server: int, chromium: object,
+    pki: Pki, kind: str,
 ) -> None:
-    broker = settings_broker([listener("ws")])
+    broker = settings_broker([listener(kind, pki, mutual=False)])
     (ws,) = endpoints(broker)
-    url = f"http://127.0.0.1:{page_server}/page.html?url=ws://127.0.0.1:{ws.port}/mqtt"
-    paho = paho_client(Endpoint("ws", ws.host, ws.port, "/mqtt"))
+    url = f"http://127.0.0.1:{page_server}/page.html?url={kind}://127.0.0.1:{ws.port}/mqtt"
+    paho = paho_client(Endpoint(kind, ws.host, ws.port, "/mqtt"), pki)
     paho.subscribe("browser/from-page", 1)
     chromium.get(url)  # type: ignore[attr-defined]
     _wait(lambda: _text(chromium, "state") == "subscribed", "the page to subscribe")
