@@ -88,9 +88,10 @@ class StackedAsyncioDriver(AsyncioDriver):
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
-        if self._closed or (conn is not None and conn.closing):
-            if conn is not None and not self._closed:
-                # the peer's answer to our close (a WebSocket close frame) is still read
+        if self._closed or self._reason or (conn is not None and conn.closing):
+            # nothing more reaches the Connection; the peer's answer to our close (a
+            # WebSocket close frame) is still read
+            if conn is not None and not self._closed and not self._reason:
                 with contextlib.suppress(TransportError):
                     self.pipeline.receive(data)
             return
