@@ -332,3 +332,38 @@ def test_a_certificate_without_the_identity_field_is_refused(
         assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
         time.sleep(0.02)
     assert broker.broker.stats.transport_errors == 1
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"keyfile": "/nonexistent/key.pem"}, "keyfile '/nonexistent/key.pem' cannot be used"),
+    ({"certfile": "/etc/hostname"}, "not a PEM certificate chain with its matching private key"),
+    ({"cafile": "/nonexistent/ca.pem"}, "cafile '/nonexistent/ca.pem' cannot be used"),
+    ({"ciphers": "NO-SUCH-CIPHER"}, "ciphers 'NO-SUCH-CIPHER' selects no cipher"),
+])
+def test_unusable_tls_settings_name_the_key(pki: Pki, change: dict[str, Any],
+                                            message: str) -> None:
+    from midge.listeners.tls import build_context
+
+    spec = dataclasses.replace(listener("tls", pki, name="edge"), **change)
+    with pytest.raises(OSError) as caught:
+        build_context(spec)
+    assert message in str(caught.value) and str(caught.value).startswith("edge: ")
+
+
+def test_ciphers_and_min_version(settings_broker: Callable[..., RunningBroker],
+                                 pki: Pki) -> None:
+    broker = settings_broker([
+        listener("tls", pki, mutual=False, ciphers="ECDHE+AESGCM"),
+        listener("tls", pki, mutual=False, min_version="TLSv1.3"),
+    ])
+    twelve, thirteen = endpoints(broker)
+    context = ssl.create_default_context(cafile=pki.ca)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection((twelve.host, twelve.port), timeout=5) as sock, \
+            context.wrap_socket(sock, server_hostname="127.0.0.1") as wrapped:
+        assert wrapped.version() == "TLSv1.2"
+        assert "GCM" in wrapped.cipher()[0]
+    with socket.create_connection((thirteen.host, thirteen.port), timeout=5) as sock, \
+            pytest.raises(ssl.SSLError):
+        context.wrap_socket(sock, server_hostname="127.0.0.1")
+    paho_client(thirteen, pki).close()  # a TLS 1.3 client is fine
