@@ -221,8 +221,9 @@ class ConnectFlow:
             ack_props.update(auth_props)
         conn.send(ConnAck(0, present, ack_props))
         clients_log.info(
-            "client %s connected from %s (MQTT %s, clean=%s, keepalive=%d, session present=%s)",
-            cid, conn.remote, _LEVELS[level], packet.clean_start, pending.keepalive, present,
+            "client %s connected from %s on %s (MQTT %s, clean=%s, keepalive=%d, "
+            "session present=%s)", cid, conn.remote, conn.listener.label, _LEVELS[level],
+            packet.clean_start, pending.keepalive, present,
         )
         if hooks.on_session_established is not None:
             hooks.on_session_established(conn, packet)
