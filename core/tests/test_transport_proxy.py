@@ -136,10 +136,12 @@ def test_a_missing_or_malformed_header_closes_only_that_connection(
     assert broker.broker.stats.transport_errors == 1
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_header_that_never_ends_is_closed_after_connect_timeout(
-    settings_broker: Callable[..., RunningBroker],
+    settings_broker: Callable[..., RunningBroker], backend: str,
 ) -> None:
-    broker = settings_broker([listener("tcp", proxy_protocol=True)], connect_timeout=1)
+    broker = settings_broker([listener("tcp", proxy_protocol=True)], connect_timeout=1,
+                             backend=backend)
     (tcp,) = endpoints(broker)
     with socket.create_connection((tcp.host, tcp.port), timeout=5) as sock:
         sock.sendall(b"PROXY TCP4 1.2.3.4")
