@@ -367,3 +367,19 @@ def test_ciphers_and_min_version(settings_broker: Callable[..., RunningBroker],
             pytest.raises(ssl.SSLError):
         context.wrap_socket(sock, server_hostname="127.0.0.1")
     paho_client(thirteen, pki).close()  # a TLS 1.3 client is fine
+
+
+def test_plugin_authors_get_tls_listeners_from_the_testing_fixture(
+    midge_broker_factory: Callable[..., Any], pki: Pki
+) -> None:
+    auth = IdentityAuth()
+    broker = midge_broker_factory(
+        objects=[auth],
+        listeners=[listener("tls", pki, use_identity_as_username=True,
+                            allow_anonymous=False)],
+    )
+    assert len(broker.addresses) == 2 and broker.addresses[0] == (broker.host, broker.port)
+    host, port = broker.addresses[1]
+    paho_client(Endpoint("tls", host, port), pki, cert=pki.client_cert,
+                key=pki.client_key).close()
+    assert auth.usernames == ["sensor-1"]
