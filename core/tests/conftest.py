@@ -192,8 +192,10 @@ def client_factory(broker: RunningBroker) -> Iterator[Callable[..., Client]]:
 class RawClient:
     """A plain TCP socket speaking MQTT bytes, for cases no client library can express."""
 
-    def __init__(self, port: int, level: int = 4) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    def __init__(self, port: int, level: int = 4, sock: socket.socket | None = None) -> None:
+        # ``sock``: an already connected socket (a Unix socket, one a PROXY header or
+        # a TLS handshake went over first)
+        self.sock = sock or socket.create_connection(("127.0.0.1", port), timeout=5)
         self.decoder = Decoder(Role.CLIENT, protocol_level=level)
 
     def send(self, data: bytes | Packet, level: int | None = None) -> None:
@@ -272,3 +274,80 @@ def raw_factory(broker: RunningBroker) -> Iterator[Callable[..., RawClient]]:
 
 def with_limits(settings: Settings, **limits: Any) -> Settings:
     return replace(settings, broker=replace(settings.broker, **limits))
+
+
+@pytest.fixture
+def settings_broker() -> Iterator[Callable[..., RunningBroker]]:
+    """Start a broker with any listeners: ``start(listeners, plugins=, backend=,
+    **limits)``; its ``addresses`` are the bound ones, in listener order."""
+    running: list[tuple[Any, Any, Any]] = []
+
+    def start(listeners: list[ListenerSettings], plugins: list[tuple[str, Any]] | None = None,
+              backend: str = "asyncio", **limits: Any) -> RunningBroker:
+        settings = Settings(broker=BrokerSettings(**limits), listeners=tuple(listeners))
+        broker = Broker(settings, plugins=plugins)
+        cm = anyio.from_thread.start_blocking_portal(backend)
+        portal = cm.__enter__()
+        try:
+            future, _ = portal.start_task(broker.run)
+        except BaseException:
+            cm.__exit__(None, None, None)
+            raise
+        running.append((cm, portal, (broker, future)))
+        return RunningBroker(broker, broker.addresses[0][1], portal)
+
+    yield start
+    for cm, portal, (broker, future) in running:
+        portal.call(broker.shutdown)
+        future.result(timeout=15)
+        cm.__exit__(None, None, None)
+
+
+@dataclass
+class Pki:
+    """Certificates made for the tests: a CA the broker trusts, a server certificate for
+    127.0.0.1/localhost, and client certificates (good, expired, from an unknown CA)."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+    expired_cert: str
+    expired_key: str
+    untrusted_cert: str
+    untrusted_key: str
+    #: a second server certificate from the same CA (for reload tests)
+    other_server_cert: str
+    other_server_key: str
+    directory: str
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    import datetime
+
+    import trustme
+
+    base = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA(organization_name="midge test CA")
+    stranger = trustme.CA(organization_name="someone else")
+    now = datetime.datetime.now(datetime.UTC)
+    leaves = {
+        "server": ca.issue_cert("127.0.0.1", "localhost", "::1", common_name="midge-server"),
+        "other_server": ca.issue_cert("127.0.0.1", "localhost", common_name="midge-server-2"),
+        "client": ca.issue_cert("sensor-1.clients.example", common_name="sensor-1",
+                                organization_name="Acme"),
+        "expired": ca.issue_cert("old.clients.example", common_name="old-sensor",
+                                 not_before=now - datetime.timedelta(days=30),
+                                 not_after=now - datetime.timedelta(days=1)),
+        "untrusted": stranger.issue_cert("intruder.example", common_name="intruder"),
+    }
+    paths: dict[str, str] = {}
+    ca.cert_pem.write_to_path(str(base / "ca.pem"))
+    for name, leaf in leaves.items():
+        leaf.cert_chain_pems[0].write_to_path(str(base / f"{name}.pem"))
+        leaf.private_key_pem.write_to_path(str(base / f"{name}.key"))
+        paths[f"{name}_cert"] = str(base / f"{name}.pem")
+        paths[f"{name}_key"] = str(base / f"{name}.key")
+    return Pki(ca=str(base / "ca.pem"), directory=str(base), **paths)

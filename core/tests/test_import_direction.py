@@ -20,15 +20,17 @@ PACKAGE = SRC / "midge"
 LAYERS: dict[str, int] = {
     "codec": 0,
     "_version": 1, "errors": 1, "config": 1, "stats": 1, "message": 1, "topics": 1,
-    "session": 1, "api": 1,
+    "session": 1, "api": 1, "logsafe": 1,
     "hooks": 2,
     "engine": 3,
     "listeners": 4,
     "inline": 5, "broker": 5,
     "cli": 6, "cli_plugins": 6, "testing": 6, "__main__": 6, "__init__": 6,
 }
-#: what a listener module may import, besides its own package
-LISTENER_ALLOWED = {"midge.engine", "midge.api", "midge.config"}
+#: what a listener module may import, besides its own package: the engine's façade, the
+#: ports and the configuration, and two model utilities (counters, log-safe fields)
+LISTENER_ALLOWED = {"midge.engine", "midge.api", "midge.config", "midge.stats",
+                    "midge.logsafe"}
 #: the only modules that may import the broker shell
 BROKER_IMPORTERS = {"midge.cli", "midge.testing", "midge"}
 

@@ -18,6 +18,7 @@ _EXPORTS = {
     "BrokerHandle": "midge.api",
     "Client": "midge.api",
     "DropPacket": "midge.errors",
+    "PeerCertificate": "midge.api",
     "InlineSubscription": "midge.inline",
     "PluginConfigError": "midge.errors",
     "PluginError": "midge.hooks",
@@ -40,6 +41,7 @@ __all__ = [
     "BrokerHandle",
     "Client",
     "DropPacket",
+    "PeerCertificate",
     "InlineSubscription",
     "PluginConfigError",
     "PluginError",
@@ -61,7 +63,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from . import codec
-    from .api import BrokerHandle, Client
+    from .api import BrokerHandle, Client, PeerCertificate
     from .broker import Broker
     from .codec import ReasonCode
     from .config import BrokerSettings, ConfigError, ListenerSettings, Settings

@@ -9,12 +9,47 @@ only through the handle's methods.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .codec import Properties
 from .config import ListenerSettings, Settings
 from .message import Message
 from .stats import Stats
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """The certificate a TLS client presented (and the listener's CAs verified).
+
+    ``subject`` holds the subject's attributes by their short names (``CN``, ``O``,
+    ``OU``, ``emailAddress``, ...), each with its values in certificate order.
+    """
+
+    #: the subject as an RFC 4514 string, e.g. ``CN=sensor-1,O=Acme``
+    dn: str
+    subject: dict[str, tuple[str, ...]]
+    issuer: str
+    #: SHA-256 of the DER certificate, lower-case hex
+    fingerprint: str
+    serial_number: str
+    not_before: str
+    not_after: str
+
+    @property
+    def common_name(self) -> str | None:
+        """The subject's (first) CN, or None."""
+        names = self.subject.get("CN")
+        return names[0] if names else None
+
+    def field(self, name: str) -> str | None:
+        """``DN``, ``fingerprint``, or a subject attribute's first value (None: absent)."""
+        if name == "DN":
+            return self.dn
+        if name == "fingerprint":
+            return self.fingerprint
+        values = self.subject.get(name)
+        return values[0] if values else None
 
 
 class Client(Protocol):
@@ -28,11 +63,13 @@ class Client(Protocol):
 
     @property
     def username(self) -> str | None:
-        """The user name of CONNECT (or from a TLS certificate), None without one."""
+        """The user name of CONNECT, or the TLS certificate's identity on a listener with
+        ``use_identity_as_username``; None without one."""
 
     @property
     def remote(self) -> str:
-        """The peer's address and port, for log lines (``host:port``)."""
+        """The peer's address and port, for log lines (``host:port``); the address a
+        PROXY protocol header carried, where the listener reads one."""
 
     @property
     def remote_host(self) -> str:
@@ -44,7 +81,11 @@ class Client(Protocol):
 
     @property
     def listener(self) -> ListenerSettings:
-        """The listener the client connected through."""
+        """The listener the client connected through (``client.listener.name`` names it)."""
+
+    @property
+    def certificate(self) -> PeerCertificate | None:
+        """The verified TLS client certificate, None without TLS or without one."""
 
     @property
     def protocol_level(self) -> int:

@@ -140,13 +140,15 @@ class Broker:
 
     async def _bind(self) -> None:
         acceptor = Acceptor(self.engine, self.limits.max_connections,
-                            self.limits.max_pending_per_address)
+                            self.limits.max_pending_per_address, self.limits.connect_timeout)
         for spec in self.settings.listeners:
             listener = await REGISTRY[spec.type](acceptor, spec)
             self._listeners.append(listener)
             for host, port in listener.addresses:
                 self.addresses.append((host, port))
-                log.info("listening on %s:%s (%s%s)", host, port, spec.type,
+                where = f"unix:{host}" if spec.type == "unix" else f"{host}:{port}"
+                log.info("listening on %s (%s%s%s)", where, spec.type,
+                         f" {spec.name}" if spec.name else "",
                          ", anonymous clients allowed" if spec.allow_anonymous else "")
 
     async def _shutdown(self) -> None:
@@ -341,12 +343,18 @@ class Broker:
         return self.engine.clients.get(client_id)
 
     async def reload(self) -> None:
-        """SIGHUP: let plugins re-read their files, then forget cached ACL decisions.
+        """SIGHUP: reload the listeners' certificates, let plugins re-read their files,
+        then forget cached ACL decisions; open connections are kept.
 
         Every ``on_reload`` implementation, ``async def`` ones included, has finished
         before the caches are cleared: cleared earlier, they would refill with the old
         rules' decisions while a reload is still reading its files."""
         log.info("reloading")
+        for listener in self._listeners:
+            try:
+                listener.reload()
+            except Exception:
+                log.exception("reloading a listener failed")
         await self.hooks.call_awaiting(self.hooks.on_reload, self)
         self.engine.forget_acl_decisions()
 

@@ -13,7 +13,26 @@ from pathlib import Path
 from typing import Any
 
 MAX_PACKET_SIZE = 268_435_455
-LISTENER_TYPES = ("tcp",)
+LISTENER_TYPES = ("tcp", "tls", "ws", "wss", "unix")
+#: listener types that terminate TLS (and take the TLS keys)
+TLS_TYPES = ("tls", "wss")
+#: listener types that speak WebSocket
+WS_TYPES = ("ws", "wss")
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+#: certificate fields ``identity_field`` may name: the subject's attributes by their
+#: short names, the whole subject as an RFC 4514 string, or the SHA-256 fingerprint
+IDENTITY_FIELDS = ("CN", "O", "OU", "emailAddress", "serialNumber", "UID", "DN", "fingerprint")
+#: keys that only some listener types take: key -> those types
+_TYPE_KEYS: dict[str, tuple[str, ...]] = {
+    **{key: TLS_TYPES for key in (
+        "certfile", "keyfile", "cafile", "capath", "require_certificate",
+        "use_identity_as_username", "identity_field", "ciphers", "min_version")},
+    **{key: WS_TYPES for key in (
+        "max_frame_size", "allowed_origins", "trust_forwarded")},
+    "mode": ("unix",),
+    "path": ("unix", *WS_TYPES),
+    "proxy_protocol": ("tcp", "tls", "ws", "wss"),
+}
 
 
 class ConfigError(Exception):
@@ -157,7 +176,7 @@ class BrokerSettings:
 
 @dataclass(frozen=True, slots=True)
 class ListenerSettings:
-    """One ``[[listeners]]`` entry."""
+    """One ``[[listeners]]`` entry (``parse`` checks which keys a type takes)."""
 
     type: str = "tcp"
     host: str = "127.0.0.1"
@@ -165,10 +184,52 @@ class ListenerSettings:
     #: clients without credentials may connect on this listener
     allow_anonymous: bool = False
     name: str = ""
+    max_connections: int = _limit(
+        10_000_000, 1, 10_000_000,
+        "simultaneous connections on this listener (the broker-wide limit applies too)",
+    )
+    #: a PROXY protocol v1/v2 header is read first (tcp, tls, ws, wss)
+    proxy_protocol: bool = False
+    # -- TLS (tls, wss)
+    certfile: str = ""
+    keyfile: str = ""
+    cafile: str = ""
+    capath: str = ""
+    #: mutual TLS: a client without a certificate the CAs trust is refused
+    require_certificate: bool = False
+    #: the certificate's ``identity_field`` becomes the username hooks see
+    use_identity_as_username: bool = False
+    identity_field: str = "CN"
+    #: OpenSSL cipher list for TLS 1.2 ("": OpenSSL's defaults)
+    ciphers: str = ""
+    min_version: str = "TLSv1.2"
+    # -- WebSocket (ws, wss); ``path`` is also the unix listener's socket file
+    path: str = ""
+    max_frame_size: int = _limit(
+        1024 * 1024, 2, 2**31, "largest WebSocket frame accepted, in bytes"
+    )
+    #: Origin header values allowed (empty: any)
+    allowed_origins: tuple[str, ...] = ()
+    #: the client address is X-Forwarded-For's (only behind a trusted proxy)
+    trust_forwarded: bool = False
+    # -- unix
+    mode: int = _limit(0o660, 0, 0o777, "permissions of the socket file")
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.type}://{self.host}:{self.port}"
+        if self.name:
+            return self.name
+        if self.type == "unix":
+            return f"unix:{self.path}"
+        return f"{self.type}://{self.host}:{self.port}"
+
+    @property
+    def tls(self) -> bool:
+        return self.type in TLS_TYPES
+
+    @property
+    def websocket(self) -> bool:
+        return self.type in WS_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,28 +306,76 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
                 "plugins; activate [plugins.auth_allow] to let every client in",
             )
         listener = _table(ListenerSettings, raw, source, where)
-        if listener.type not in LISTENER_TYPES:
-            raise ConfigError(
-                source, f"{where}.type",
-                f"{listener.type!r} is not a listener type; allowed: {', '.join(LISTENER_TYPES)}",
-            )
-        if not 0 <= listener.port <= 65535:
-            raise ConfigError(source, f"{where}.port", f"{listener.port} is not in 0..65535")
-        if not listener.host:
-            raise ConfigError(source, f"{where}.host", "must not be empty")
-        listeners.append(listener)
+        listeners.append(_check_listener(listener, raw, source, where))
     if not listeners:
         raise ConfigError(source, "listeners", "at least one [[listeners]] table is required")
     seen: set[tuple[str, int]] = set()
     for index, listener in enumerate(listeners):
-        key = (listener.host, listener.port)
+        key = (listener.path, -1) if listener.type == "unix" else (listener.host, listener.port)
         if key in seen and listener.port:
             raise ConfigError(
-                source, f"listeners[{index}]", f"{listener.host}:{listener.port} is used twice"
+                source, f"listeners[{index}]", f"{listener.label} is used twice"
             )
         seen.add(key)
     return Settings(broker=broker, listeners=tuple(listeners), plugins=dict(plugins),
                     source=source)
+
+
+def _check_listener(listener: ListenerSettings, raw: dict[str, Any], source: str,
+                    where: str) -> ListenerSettings:
+    """The checks one listener's keys need beyond their types; fills type defaults."""
+    kind = listener.type
+    if kind not in LISTENER_TYPES:
+        raise ConfigError(
+            source, f"{where}.type",
+            f"{kind!r} is not a listener type; allowed: {', '.join(LISTENER_TYPES)}",
+        )
+    for key in raw:
+        types = _TYPE_KEYS.get(key)
+        if types is not None and kind not in types:
+            raise ConfigError(source, f"{where}.{key}",
+                              f"not a key of a {kind} listener (only of: {', '.join(types)})")
+    if kind == "unix":
+        for key in ("host", "port"):
+            if key in raw:
+                raise ConfigError(source, f"{where}.{key}",
+                                  "not a key of a unix listener (it has a path)")
+        if not listener.path:
+            raise ConfigError(source, f"{where}.path",
+                              "a unix listener needs the path of its socket file")
+        return listener
+    if not 0 <= listener.port <= 65535:
+        raise ConfigError(source, f"{where}.port", f"{listener.port} is not in 0..65535")
+    if not listener.host:
+        raise ConfigError(source, f"{where}.host", "must not be empty")
+    if listener.websocket:
+        if "path" not in raw:
+            listener = replace(listener, path="/mqtt")
+        elif not listener.path.startswith("/"):
+            raise ConfigError(source, f"{where}.path",
+                              f"{listener.path!r} is not a URL path (it starts with /)")
+    if listener.tls:
+        for key in ("certfile", "keyfile"):
+            if not getattr(listener, key):
+                raise ConfigError(source, f"{where}.{key}",
+                                  f"a {kind} listener needs {key} (PEM file)")
+        if listener.min_version not in TLS_VERSIONS:
+            raise ConfigError(source, f"{where}.min_version",
+                              f"{listener.min_version!r} is not allowed; allowed: "
+                              + ", ".join(TLS_VERSIONS))
+        if listener.identity_field not in IDENTITY_FIELDS:
+            raise ConfigError(source, f"{where}.identity_field",
+                              f"{listener.identity_field!r} is not allowed; allowed: "
+                              + ", ".join(IDENTITY_FIELDS))
+        if listener.require_certificate and not (listener.cafile or listener.capath):
+            raise ConfigError(source, f"{where}.require_certificate",
+                              "needs cafile or capath: the CAs client certificates must "
+                              "be signed by")
+        if listener.use_identity_as_username and not listener.require_certificate:
+            raise ConfigError(source, f"{where}.use_identity_as_username",
+                              "needs require_certificate = true (without a certificate "
+                              "there is no identity)")
+    return listener
 
 
 def _only(table: dict[str, Any], allowed: set[str], source: str, where: str) -> None:
@@ -301,6 +410,10 @@ def _table(cls: Any, raw: Any, source: str, where: str) -> Any:
                 )
         elif expected == "str" and not isinstance(value, str):
             raise ConfigError(source, name, f"must be a string, not {value!r}")
+        elif expected == "tuple[str, ...]":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(source, name, f"must be an array of strings, not {value!r}")
+            value = tuple(value)
         values[key] = value
     return cls(**values)
 

@@ -19,6 +19,7 @@ class Stats:
         "messages_received",
         "messages_sent",
         "started",
+        "transport_errors",
     )
 
     def __init__(self) -> None:
@@ -28,6 +29,9 @@ class Stats:
         self.messages_received = 0
         self.messages_sent = 0
         self.messages_dropped = 0
+        #: transports closed before MQTT: failed or stalled TLS handshakes, refused
+        #: WebSocket upgrades and frames, missing or malformed PROXY headers
+        self.transport_errors = 0
 
     def as_dict(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in self.__slots__}

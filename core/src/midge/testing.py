@@ -97,6 +97,8 @@ class RunningBroker:
         self.broker = broker
         self.portal = portal
         self.host, self.port = broker.addresses[0]
+        #: every listener's bound (host, port), in settings order ((path, 0) for unix)
+        self.addresses = list(broker.addresses)
         self._portal_cm = portal_cm
         self._future = future
         self.stopped = False
@@ -162,11 +164,13 @@ def _named(objects: Iterable[Any]) -> list[tuple[str, Any]]:
 def midge_broker_factory() -> Iterator[Callable[..., RunningBroker]]:
     """Start brokers on free 127.0.0.1 ports; each is stopped at teardown.
 
-    ``factory(plugins=None, *, objects=(), allow_anonymous=None, **limits)``:
-    ``plugins`` maps entry-point plugin names to their config tables (as
+    ``factory(plugins=None, *, objects=(), allow_anonymous=None, listeners=(),
+    **limits)``: ``plugins`` maps entry-point plugin names to their config tables (as
     ``[plugins.NAME]`` would), ``objects`` are plugin objects or ``(name, object)``
-    pairs (called before the entry-point plugins), ``limits`` are ``BrokerSettings``
-    fields.
+    pairs (called before the entry-point plugins), ``listeners`` are more
+    ``ListenerSettings`` (a tls or ws listener, say; port 0 picks a free one) served
+    beside the first, plain TCP one, their bound addresses in ``handle.addresses``;
+    ``limits`` are ``BrokerSettings`` fields.
     """
     import anyio.from_thread
 
@@ -177,7 +181,7 @@ def midge_broker_factory() -> Iterator[Callable[..., RunningBroker]]:
 
     def start(plugins: Mapping[str, Mapping[str, Any]] | None = None, *,
               objects: Iterable[Any] = (), allow_anonymous: bool | None = None,
-              **limits: Any) -> RunningBroker:
+              listeners: Iterable[ListenerSettings] = (), **limits: Any) -> RunningBroker:
         tables = {name: dict(table) for name, table in (plugins or {}).items()}
         named = _named(objects)
         if allow_anonymous is None:
@@ -186,6 +190,7 @@ def midge_broker_factory() -> Iterator[Callable[..., RunningBroker]]:
             broker=BrokerSettings(**limits),
             listeners=(
                 ListenerSettings(host="127.0.0.1", port=0, allow_anonymous=allow_anonymous),
+                *listeners,
             ),
             plugins=tables,
             source="<midge_broker_factory>",

@@ -109,7 +109,8 @@ class ConnectFlow:
             cid = "midge" + uuid.uuid4().hex[:18]
             assigned = True
         conn.client_id = cid
-        conn.username = packet.username
+        # a transport-established identity (TLS use_identity_as_username) wins
+        conn.username = packet.username if conn.identity is None else conn.identity
         if v5:  # also for the AUTH packets of an enhanced-authentication exchange
             conn.problem_info = props.get(Property.REQUEST_PROBLEM_INFORMATION, 1) == 1
             outbox = conn.outbox
@@ -244,9 +245,9 @@ class ConnectFlow:
         # MQTT 3.1 has no Session Present flag: its CONNACK's first byte is reserved
         conn.send(ConnAck(0, present and level != PROTOCOL_31, ack_props))
         clients_log.info(
-            "client %s connected from %s (MQTT %s, clean=%s, keepalive=%d, session present=%s)",
-            conn.name, conn.remote, _LEVELS[level], packet.clean_start, pending.keepalive,
-            present,
+            "client %s connected from %s on %s (MQTT %s, clean=%s, keepalive=%d, "
+            "session present=%s)", conn.name, conn.remote, conn.listener.label,
+            _LEVELS[level], packet.clean_start, pending.keepalive, present,
         )
         if hooks.on_session_established is not None:
             hooks.on_session_established(conn, packet)

@@ -34,6 +34,7 @@ from ._outbox import Driver, Outbox
 from ._state import ALLOWED, State
 
 if TYPE_CHECKING:
+    from ..api import PeerCertificate
     from ..codec import Will
     from ..config import ListenerSettings
     from ..hooks import Hooks
@@ -66,8 +67,9 @@ class Connection:
     """A client's network connection, from accept to close (``midge.Client`` to hooks)."""
 
     __slots__ = (
-        "_clock", "_ended", "_owner", "acl_cache", "aliases_in", "auth_method",
-        "clean_disconnect", "client_id", "close_reason", "decoder", "hooks", "keepalive",
+        "_clock", "_ended", "_owner", "acl_cache", "aliases_in", "auth_method", "certificate",
+        "clean_disconnect", "client_id", "close_reason", "decoder", "hooks", "identity",
+        "keepalive",
         "last_seen", "listener", "opened", "outbox", "problem_info", "reauthenticating",
         "remote", "remote_host", "remote_port", "session", "state", "username", "will",
     )
@@ -75,6 +77,7 @@ class Connection:
     def __init__(
         self, owner: Owner, driver: Driver, listener: ListenerSettings, host: str, port: int,
         *, hooks: Hooks, clock: Callable[[], float], max_packet_size: int,
+        certificate: PeerCertificate | None = None, identity: str | None = None,
     ) -> None:
         self._owner = owner
         self._clock = clock
@@ -90,6 +93,11 @@ class Connection:
         self.acl_cache: dict[tuple[str, bool], bool] = {}
         self.client_id = ""
         self.username: str | None = None
+        #: the verified TLS client certificate (the listener extracted it)
+        self.certificate = certificate
+        #: a username the transport established (a certificate's identity); the CONNECT
+        #: flow prefers it to the packet's
+        self.identity = identity
         self.session: Session | None = None
         self.keepalive = 0
         self.opened = self.last_seen = clock()

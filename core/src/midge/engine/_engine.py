@@ -38,6 +38,7 @@ from ._sessions import Registry
 from ._subscribe import SubscribeFlow
 
 if TYPE_CHECKING:
+    from ..api import PeerCertificate
     from ..config import BrokerSettings, ListenerSettings
     from ..hooks import Hooks
     from ..message import Message
@@ -90,6 +91,8 @@ class Engine:
         }
         #: every open network connection, before and after CONNECT
         self.connections: set[Connection] = set()
+        #: open connections per listener (its ``max_connections``)
+        self.listener_counts: dict[ListenerSettings, int] = {}
         #: called when the last connection's transport is gone (the shell's shutdown)
         self.idle: Callable[[], None] | None = None
         #: protocol errors of connections not logged in: a burst of warnings, then a count
@@ -108,8 +111,9 @@ class Engine:
 
     # -- connections -----------------------------------------------------------------------
 
-    def open(self, driver: Driver, listener: ListenerSettings, host: str,
-             port: int) -> Connection:
+    def open(self, driver: Driver, listener: ListenerSettings, host: str, port: int, *,
+             certificate: PeerCertificate | None = None,
+             identity: str | None = None) -> Connection:
         """A listener accepted a transport: the Connection its driver feeds."""
         limits = self.limits
         # until CONNACK only a small packet is accepted: a stranger may not make the
@@ -117,9 +121,11 @@ class Engine:
         conn = Connection(self, driver, listener, host, port, hooks=self.hooks,
                           clock=self.clock,
                           max_packet_size=min(limits.max_packet_size,
-                                              limits.max_connect_packet_size))
+                                              limits.max_connect_packet_size),
+                          certificate=certificate, identity=identity)
         self.connections.add(conn)
         self.pending[host] = self.pending.get(host, 0) + 1
+        self.listener_counts[listener] = self.listener_counts.get(listener, 0) + 1
         self.stats.connections_total += 1
         return conn
 
@@ -148,7 +154,9 @@ class Engine:
             self.connect_flow.forget(conn)
 
     def released(self, conn: Connection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.listener_counts[conn.listener] -= 1
         if not self.connections and self.idle is not None:
             self.idle()
 

@@ -37,6 +37,7 @@ SYS_TOPICS = {
     "$SYS/broker/clients/connected": "clients_connected",
     "$SYS/broker/clients/total": "sessions",
     "$SYS/broker/connections/total": "connections_total",
+    "$SYS/broker/connections/transport errors": "transport_errors",
     "$SYS/broker/messages/received": "messages_received",
     "$SYS/broker/messages/sent": "messages_sent",
     "$SYS/broker/messages/dropped": "messages_dropped",

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from ._base import Acceptor, Bind, Listener, Opener, settle
 from .tcp import bind as bind_tcp
+from .tls import bind as bind_tls
+from .unix import bind as bind_unix
+from .ws import bind as bind_ws
 
 #: listener type (the configuration's ``type``) -> how to bind one
 REGISTRY: dict[str, Bind] = {
     "tcp": bind_tcp,
+    "tls": bind_tls,
+    "ws": bind_ws,
+    "wss": bind_ws,
+    "unix": bind_unix,
 }
 
 __all__ = ["REGISTRY", "Acceptor", "Bind", "Listener", "Opener", "settle"]

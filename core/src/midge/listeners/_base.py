@@ -14,9 +14,11 @@ from typing import Protocol
 
 from anyio.abc import TaskGroup
 
+from ..api import PeerCertificate
 from ..config import ListenerSettings
 from ..engine import Ask, Connection, Driver
 from ..logsafe import Throttle
+from ..stats import Stats
 
 log = logging.getLogger("midge.listeners")
 
@@ -30,8 +32,15 @@ class Opener(Protocol):
     def pending_from(self, host: str) -> int:
         """Connections from ``host`` not yet sent CONNACK 0."""
 
-    def open(self, driver: Driver, listener: ListenerSettings, host: str,
-             port: int) -> Connection: ...
+    @property
+    def listener_counts(self) -> dict[ListenerSettings, int]: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    def open(self, driver: Driver, listener: ListenerSettings, host: str, port: int, *,
+             certificate: PeerCertificate | None = None,
+             identity: str | None = None) -> Connection: ...
 
 
 class Listener(Protocol):
@@ -46,6 +55,11 @@ class Listener(Protocol):
     async def aclose(self) -> None:
         """Stop accepting (open connections are the engine's to close)."""
 
+    def reload(self) -> None:
+        """SIGHUP: re-read what the listener loaded from files (TLS certificates and
+        keys); open connections are kept. A file that cannot be used keeps the old state
+        and is logged."""
+
 
 #: how a listener type binds: (acceptor, its settings) -> a bound, not yet accepting, Listener
 Bind = Callable[["Acceptor", ListenerSettings], Awaitable[Listener]]
@@ -54,29 +68,52 @@ Bind = Callable[["Acceptor", ListenerSettings], Awaitable[Listener]]
 class Acceptor:
     """Admission and Connection construction, in one place for every transport."""
 
-    __slots__ = ("_max", "_max_pending", "_opener", "_refusals")
+    __slots__ = ("_max", "_max_pending", "_opener", "_refusals", "handshake_timeout")
 
     def __init__(self, opener: Opener, max_connections: int,
-                 max_pending_per_address: int = 0) -> None:
+                 max_pending_per_address: int = 0, handshake_timeout: float = 10.0) -> None:
         self._opener = opener
         self._max = max_connections
         self._max_pending = max_pending_per_address
+        #: seconds a transport has for its handshakes (PROXY header, TLS, WebSocket
+        #: upgrade) before it has a Connection (the broker's ``connect_timeout``)
+        self.handshake_timeout = handshake_timeout
         #: refusal warnings: a flood of sockets must not become a flood of log lines
         self._refusals = Throttle(time.monotonic)
 
-    def accept(self, driver: Driver, listener: ListenerSettings, host: str,
-               port: int) -> Connection | None:
-        """A Connection for a new transport, or None when it must be closed at once
-        (``max_connections`` reached, or ``max_pending_per_address`` connections from
-        this address have not logged in yet)."""
+    def admits(self, listener: ListenerSettings, host: str, port: int) -> bool:
+        """May one more transport connect? (Logs why not, rate-limited.) No when
+        ``max_connections`` (the broker's or the listener's) is reached, or when
+        ``max_pending_per_address`` connections from this address have not logged in."""
         if len(self._opener.connections) >= self._max:
             self._refused(host, port, listener, f"max_connections {self._max} reached")
-            return None
+            return False
+        if self._opener.listener_counts.get(listener, 0) >= listener.max_connections:
+            self._refused(host, port, listener,
+                          f"the listener's max_connections {listener.max_connections} reached")
+            return False
         if self._max_pending and self._opener.pending_from(host) >= self._max_pending:
             self._refused(host, port, listener, f"{self._max_pending} connections from "
                           "this address have not logged in (max_pending_per_address)")
+            return False
+        return True
+
+    def accept(self, driver: Driver, listener: ListenerSettings, host: str, port: int, *,
+               certificate: PeerCertificate | None = None,
+               identity: str | None = None) -> Connection | None:
+        """A Connection for a new transport, or None when it must be closed at once (see
+        ``admits``). ``certificate`` and ``identity`` are what the transport established
+        (TLS)."""
+        if not self.admits(listener, host, port):
             return None
-        return self._opener.open(driver, listener, host, port)
+        return self._opener.open(driver, listener, host, port, certificate=certificate,
+                                 identity=identity)
+
+    def failed(self, listener: ListenerSettings, host: str, port: int, why: str) -> None:
+        """A transport failed before it had a Connection (a TLS handshake, a WebSocket
+        upgrade, a PROXY header): counted, and logged once."""
+        self._opener.stats.transport_errors += 1
+        log.warning("%s: connection from %s:%s closed: %s", listener.label, host, port, why)
 
     def _refused(self, host: str, port: int, listener: ListenerSettings, why: str) -> None:
         if self._refusals.allow():

@@ -1,20 +1,18 @@
-"""TCP listeners: asyncio protocols on the asyncio backend, anyio streams elsewhere.
+"""TCP listeners (``type = "tcp"``), and the bound-socket listeners every socket
+transport shares: asyncio servers on the asyncio backend, anyio listeners elsewhere.
 
-The rule: the asyncio path spawns no task per connection. Bytes arrive in
-``data_received``, are decoded and handled at once, and the answers are written once per
-event-loop iteration; a task is started only while the engine waits for a decision (an
-``async def`` hook), and what arrives meanwhile is held back, in order, until the
-decision is told (reading pauses only when a packet's worth is held), so a peer that
-hangs up while its CONNECT is being decided is noticed at once. Other
-anyio backends get the same Connection driven by a reader task and a writer task.
+The rule: binding and accepting are the same for every transport; what differs is the
+driver a new socket gets. Without layers (plain TCP, a plain Unix socket) it is the
+direct driver of ``_drivers``, with no task per connection; with layers (PROXY header,
+TLS, WebSocket) a stacked driver of ``_stacked``, whose layers ``make_layers`` builds
+afresh for each connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -22,27 +20,45 @@ import sniffio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 
 from ..config import ListenerSettings
-from ..engine import Ask, Connection
-from ._base import Acceptor, Listener, settle
+from ._base import Acceptor, Listener
+from ._drivers import ACCEPT_BACKLOG, AsyncioDriver, StreamDriver, peer
+from ._layers import Layer, Pipeline
+from ._stacked import LayerFactory, StackedAsyncioDriver, StackedStreamDriver
+from .proxy import ProxyLayer
 
 log = logging.getLogger("midge.listeners")
 
-#: seconds a closing connection gets to flush what it still has to say
-CLOSE_FLUSH_TIMEOUT = 2.0
-RECEIVE_SIZE = 65536
-#: connections the kernel may hold ready for accept
-ACCEPT_BACKLOG = 4096
-#: bytes held back while a decision is awaited before reading pauses
-HOLD_LIMIT = 65536
-_CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+def proxy_layers(spec: ListenerSettings) -> list[Layer]:
+    """The first layers of ``spec``'s stack: a PROXY header reader, when configured."""
+    return [ProxyLayer()] if spec.proxy_protocol else []
 
 
 async def bind(acceptor: Acceptor, spec: ListenerSettings) -> Listener:
     """Bind ``spec``'s address (accepting starts with ``start``)."""
+    make = (lambda: proxy_layers(spec)) if spec.proxy_protocol else None
+    return await bind_stack(acceptor, spec, make)
+
+
+async def bind_stack(acceptor: Acceptor, spec: ListenerSettings,
+                     make_layers: LayerFactory | None,
+                     reload: Callable[[], None] | None = None) -> Listener:
+    """Bind ``spec``'s TCP address for connections with ``make_layers``' layers (None:
+    plain MQTT); ``reload`` is what SIGHUP does to the listener."""
     try:
         if sniffio.current_async_library() == "asyncio":
-            return await AsyncioListener.bind(acceptor, spec)
-        return await StreamListener.bind(acceptor, spec)
+            loop = asyncio.get_running_loop()
+            holder: list[TaskGroup] = []
+            server = await loop.create_server(
+                asyncio_factory(acceptor, spec, holder, make_layers), spec.host, spec.port,
+                backlog=ACCEPT_BACKLOG, reuse_address=True, start_serving=False,
+            )
+            addresses = [(str(s.getsockname()[0]), int(s.getsockname()[1]))
+                         for s in server.sockets]
+            return AsyncioListener(server, holder, addresses, reload)
+        multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port,
+                                                backlog=ACCEPT_BACKLOG)
+        return StreamListener(acceptor, spec, list(multi.listeners), make_layers, reload)
     except OSError as exc:
         # name the address: with several listeners "address in use" is a riddle
         raise OSError(
@@ -50,10 +66,12 @@ async def bind(acceptor: Acceptor, spec: ListenerSettings) -> Listener:
         ) from exc
 
 
-def _peer(address: Any) -> tuple[str, int]:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return str(address[0]), int(address[1])
-    return "?", 0
+def asyncio_factory(acceptor: Acceptor, spec: ListenerSettings, holder: list[TaskGroup],
+                    make_layers: LayerFactory | None) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory of an asyncio server (``holder`` gets the task group)."""
+    if make_layers is None:
+        return lambda: AsyncioDriver(acceptor, spec, holder[0])
+    return lambda: StackedAsyncioDriver(acceptor, spec, holder[0], Pipeline(make_layers()))
 
 
 # -- asyncio: one Protocol object per connection -------------------------------------------
@@ -62,23 +80,16 @@ def _peer(address: Any) -> tuple[str, int]:
 class AsyncioListener:
     """A bound asyncio server; it serves once ``start`` is called."""
 
-    def __init__(self, server: asyncio.Server, groups: list[TaskGroup]) -> None:
+    def __init__(self, server: asyncio.Server, groups: list[TaskGroup],
+                 addresses: list[tuple[str, int]],
+                 reload: Callable[[], None] | None = None,
+                 closed: Callable[[], None] | None = None) -> None:
         self._server = server
         #: the task group drivers start tasks in, once ``start`` has given it
         self._groups = groups
-        self.addresses = [
-            (str(s.getsockname()[0]), int(s.getsockname()[1])) for s in server.sockets
-        ]
-
-    @classmethod
-    async def bind(cls, acceptor: Acceptor, spec: ListenerSettings) -> AsyncioListener:
-        loop = asyncio.get_running_loop()
-        holder: list[TaskGroup] = []
-        server = await loop.create_server(
-            lambda: AsyncioDriver(acceptor, spec, holder[0]), spec.host, spec.port,
-            backlog=ACCEPT_BACKLOG, reuse_address=True, start_serving=False,
-        )
-        return cls(server, holder)
+        self.addresses = addresses
+        self._reload = reload
+        self._closed = closed
 
     async def start(self, task_group: TaskGroup) -> None:
         self._groups.append(task_group)
@@ -86,162 +97,48 @@ class AsyncioListener:
 
     async def aclose(self) -> None:
         self._server.close()
+        if self._closed is not None:
+            self._closed()
+            self._closed = None
 
-
-class AsyncioDriver(asyncio.Protocol):
-    """Moves bytes between an asyncio transport and a Connection."""
-
-    __slots__ = (
-        "_abort_handle", "_acceptor", "_closed", "_flush_handle", "_held", "_held_size",
-        "_paused", "_reading_paused", "_settling", "_tg", "conn", "loop", "paused_frames",
-        "spec", "transport",
-    )
-
-    def __init__(self, acceptor: Acceptor, spec: ListenerSettings, tg: TaskGroup) -> None:
-        self._acceptor = acceptor
-        self.spec = spec
-        self._tg = tg
-        self.conn: Connection | None = None
-        self.transport: asyncio.Transport | None = None
-        self.loop = asyncio.get_running_loop()
-        self._flush_handle: asyncio.Handle | None = None
-        self._abort_handle: asyncio.TimerHandle | None = None
-        self._paused = False
-        self._closed = False
-        #: a decision is awaited: input is held back in ``_held`` meanwhile
-        self._settling = False
-        self._held: list[bytes] = []
-        self._held_size = 0
-        self._reading_paused = False
-        #: frames handed to the transport while it asked us to stop writing
-        self.paused_frames = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement the interface without subclassing it
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        host, port = _peer(transport.get_extra_info("peername"))
-        self.conn = self._acceptor.accept(self, self.spec, host, port)
-        if self.conn is None:
-            self._closed = True
-            transport.abort()  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        conn = self.conn
-        if conn is None or conn.closing:
-            return
-        if self._settling:
-            # keep reading (an end of the connection is seen at once), hold the bytes
-            self._held.append(data)
-            self._held_size += len(data)
-            if self._held_size >= HOLD_LIMIT and self.transport is not None:
-                self._reading_paused = True
-                self.transport.pause_reading()
-            return
-        pending = conn.feed(data)
-        if pending is not None:
-            self._settling = True
-            self._tg.start_soon(self._settle, conn, pending)
-
-    async def _settle(self, conn: Connection, pending: Ask | None) -> None:
-        try:
-            while pending is not None:
-                await settle(conn, pending)
-                pending = None
-                if self._held and not conn.closing:
-                    data = b"".join(self._held)
-                    self._held.clear()
-                    self._held_size = 0
-                    pending = conn.feed(data)
-        finally:
-            self._settling = False
-            self._held.clear()
-            self._held_size = 0
-            if self._reading_paused and not self._closed and self.transport is not None:
-                self._reading_paused = False
-                self.transport.resume_reading()
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        for handle in (self._flush_handle, self._abort_handle):
-            if handle is not None:
-                handle.cancel()
-        if self.conn is not None:
-            self.conn.transport_lost(str(exc) if exc else "")
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        self.paused_frames = 0
-        if self.conn is not None and self.transport is not None:
-            self.conn.outbox.report(0, self.transport.get_write_buffer_size())
-
-    # -- the Connection's side -------------------------------------------------------------
-
-    def schedule_flush(self) -> None:
-        if self._flush_handle is None and not self._closed:
-            self._flush_handle = self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        conn = self.conn
-        transport = self.transport
-        if conn is None or transport is None or self._closed:
-            return
-        data, frames = conn.take_output()
-        if data:
-            if self._paused:
-                self.paused_frames += frames
-            transport.write(data)
-            conn.outbox.report(self.paused_frames, transport.get_write_buffer_size())
-        if conn.closing and self._abort_handle is None:
-            # half-close: our last words go out, then FIN; the client may still be sending
-            # (PUBRELs after a DISCONNECT, say), and closing outright would answer those
-            # with a reset that can destroy the DISCONNECT before the client reads it
-            self._abort_handle = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
-            try:
-                if transport.can_write_eof():
-                    transport.write_eof()
-                else:
-                    transport.close()
-            except OSError:
-                # the peer reset the connection meanwhile: nothing left to say
-                transport.abort()
+    def reload(self) -> None:
+        if self._reload is not None:
+            self._reload()
 
 
 # -- anyio streams: a reader task and a writer task per connection -------------------------
 
 
 class StreamListener:
-    """A bound anyio TCP listener; it accepts once ``start`` is called."""
+    """Bound anyio listeners (several sockets for "localhost", say); they accept once
+    ``start`` is called."""
 
-    def __init__(self, acceptor: Acceptor, spec: ListenerSettings, multi: Any) -> None:
+    def __init__(self, acceptor: Acceptor, spec: ListenerSettings, listeners: list[Any],
+                 make_layers: LayerFactory | None,
+                 reload: Callable[[], None] | None = None,
+                 closed: Callable[[], None] | None = None,
+                 addresses: list[tuple[str, int]] | None = None) -> None:
         self._acceptor = acceptor
         self._spec = spec
-        self._multi = multi
+        self._listeners = listeners
+        self._make_layers = make_layers
+        self._reload = reload
+        self._closed = closed
         self._scope = anyio.CancelScope()
-        self.addresses = []
-        for listener in multi.listeners:
-            self.addresses.append(_peer(listener.extra(SocketAttribute.local_address)))
-
-    @classmethod
-    async def bind(cls, acceptor: Acceptor, spec: ListenerSettings) -> StreamListener:
-        multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port,
-                                                backlog=ACCEPT_BACKLOG)
-        return cls(acceptor, spec, multi)
+        self.addresses = addresses if addresses is not None else [
+            peer(listener.extra(SocketAttribute.local_address)) for listener in listeners
+        ]
 
     async def start(self, task_group: TaskGroup) -> None:
         # one loop per socket (an IPv4 and an IPv6 one for "localhost", say)
-        for listener in self._multi.listeners:
+        for listener in self._listeners:
             task_group.start_soon(self._accept_loop, listener, task_group)
+
+    def _driver(self, stream: ByteStream) -> Callable[[], Any]:
+        if self._make_layers is None:
+            return StreamDriver(self._acceptor, self._spec, stream).run
+        return StackedStreamDriver(self._acceptor, self._spec, stream,
+                                   Pipeline(self._make_layers())).run
 
     async def _accept_loop(self, listener: Any, task_group: TaskGroup) -> None:
         with self._scope:
@@ -254,74 +151,16 @@ class StreamListener:
                     log.error("accept on %s failed: %s", self._spec.label, exc)
                     await anyio.sleep(0.1)
                     continue
-                task_group.start_soon(StreamDriver(self._acceptor, self._spec, stream).run)
+                task_group.start_soon(self._driver(stream))
 
     async def aclose(self) -> None:
         self._scope.cancel()
-        await self._multi.aclose()
+        for listener in self._listeners:
+            await listener.aclose()
+        if self._closed is not None:
+            self._closed()
+            self._closed = None
 
-
-class StreamDriver:
-    """Moves bytes between an anyio ByteStream and a Connection."""
-
-    def __init__(self, acceptor: Acceptor, spec: ListenerSettings, stream: ByteStream) -> None:
-        self._acceptor = acceptor
-        self.spec = spec
-        self.stream = stream
-        self._wake = anyio.Event()
-        self._reader: anyio.CancelScope | None = None
-
-    def schedule_flush(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        try:
-            address = self.stream.extra(SocketAttribute.remote_address)
-        except Exception:
-            address = None
-        host, port = _peer(address)
-        conn = self._acceptor.accept(self, self.spec, host, port)
-        if conn is None:
-            await self.stream.aclose()
-            return
-        reason = ""
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._write_loop, conn)
-                with anyio.CancelScope() as self._reader:
-                    reason = await self._read_loop(conn)
-                self._wake.set()
-                tg.cancel_scope.deadline = anyio.current_time() + CLOSE_FLUSH_TIMEOUT
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.stream.aclose()
-            conn.transport_lost(reason)
-
-    async def _read_loop(self, conn: Connection) -> str:
-        while not conn.closing:
-            try:
-                data = await self.stream.receive(RECEIVE_SIZE)
-            except _CLOSED as exc:
-                return str(exc)
-            await settle(conn, conn.feed(data))
-        return ""
-
-    async def _write_loop(self, conn: Connection) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            # what was written while a send was under way goes out before any close
-            while (data := conn.take_output()[0]):
-                # the send in progress holds what the stream has not taken
-                conn.outbox.report(0, len(data))
-                try:
-                    await self.stream.send(data)
-                    conn.outbox.report(0, 0)
-                except _CLOSED:
-                    if self._reader is not None:
-                        self._reader.cancel()
-                    return
-            if conn.closing:
-                if self._reader is not None:
-                    self._reader.cancel()
-                return
+    def reload(self) -> None:
+        if self._reload is not None:
+            self._reload()

@@ -1,0 +1,248 @@
+"""Drivers: what moves bytes between a socket and a Connection, per backend.
+
+The rule: the asyncio path spawns no task per connection. Bytes arrive in
+``data_received``, are decoded and handled at once, and the answers are written once per
+event-loop iteration; a task is started only while the engine waits for a decision (an
+``async def`` hook), and what arrives meanwhile is held back, in order, until the
+decision is told (reading pauses only when a packet's worth is held), so a peer that
+hangs up while its CONNECT is being decided is noticed at once. Other
+anyio backends get the same Connection driven by a reader task and a writer task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute, TaskGroup
+
+from ..config import ListenerSettings
+from ..engine import Ask, Connection
+from ._base import Acceptor, settle
+
+log = logging.getLogger("midge.listeners")
+
+#: seconds a closing connection gets to flush what it still has to say
+CLOSE_FLUSH_TIMEOUT = 2.0
+RECEIVE_SIZE = 65536
+#: connections the kernel may hold ready for accept
+ACCEPT_BACKLOG = 4096
+#: bytes held back while a decision is awaited before reading pauses
+HOLD_LIMIT = 65536
+_CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+def peer(address: Any) -> tuple[str, int]:
+    """(host, port) of a socket's peer address; a Unix socket's peer is ("unix", 0)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    if isinstance(address, (str, bytes)):
+        return "unix", 0
+    return "?", 0
+
+
+
+
+# -- asyncio: one Protocol object per connection -------------------------------------------
+
+
+class AsyncioDriver(asyncio.Protocol):
+    """Moves bytes between an asyncio transport and a Connection."""
+
+    __slots__ = (
+        "_abort_handle", "_acceptor", "_closed", "_flush_handle", "_held", "_held_size",
+        "_paused", "_reading_paused", "_settling", "_tg", "conn", "loop", "paused_frames",
+        "spec", "transport",
+    )
+
+    def __init__(self, acceptor: Acceptor, spec: ListenerSettings, tg: TaskGroup) -> None:
+        self._acceptor = acceptor
+        self.spec = spec
+        self._tg = tg
+        self.conn: Connection | None = None
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self._flush_handle: asyncio.Handle | None = None
+        self._abort_handle: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._closed = False
+        #: a decision is awaited: input is held back in ``_held`` meanwhile
+        self._settling = False
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._reading_paused = False
+        #: frames handed to the transport while it asked us to stop writing
+        self.paused_frames = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        host, port = peer(transport.get_extra_info("peername"))
+        self.conn = self._acceptor.accept(self, self.spec, host, port)
+        if self.conn is None:
+            self._closed = True
+            transport.abort()  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None or conn.closing:
+            return
+        if self._settling:
+            # keep reading (an end of the connection is seen at once), hold the bytes
+            self._held.append(data)
+            self._held_size += len(data)
+            if self._held_size >= HOLD_LIMIT and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+            return
+        pending = conn.feed(data)
+        if pending is not None:
+            self._settling = True
+            self._tg.start_soon(self._settle, conn, pending)
+
+    async def _settle(self, conn: Connection, pending: Ask | None) -> None:
+        try:
+            while pending is not None:
+                await settle(conn, pending)
+                pending = None
+                if self._held and not conn.closing:
+                    data = b"".join(self._held)
+                    self._held.clear()
+                    self._held_size = 0
+                    pending = conn.feed(data)
+        finally:
+            self._settling = False
+            self._held.clear()
+            self._held_size = 0
+            if self._reading_paused and not self._closed and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        for handle in (self._flush_handle, self._abort_handle):
+            if handle is not None:
+                handle.cancel()
+        if self.conn is not None:
+            self.conn.transport_lost(str(exc) if exc else "")
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self.paused_frames = 0
+        if self.conn is not None and self.transport is not None:
+            self.conn.outbox.report(0, self.transport.get_write_buffer_size())
+
+    # -- the Connection's side -------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        if self._flush_handle is None and not self._closed:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        conn = self.conn
+        transport = self.transport
+        if conn is None or transport is None or self._closed:
+            return
+        data, frames = conn.take_output()
+        if data:
+            if self._paused:
+                self.paused_frames += frames
+            transport.write(data)
+            conn.outbox.report(self.paused_frames, transport.get_write_buffer_size())
+        if conn.closing and self._abort_handle is None:
+            # half-close: our last words go out, then FIN; the client may still be sending
+            # (PUBRELs after a DISCONNECT, say), and closing outright would answer those
+            # with a reset that can destroy the DISCONNECT before the client reads it
+            try:
+                if transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+            except OSError:  # the peer is already gone
+                transport.abort()
+                return
+            self._abort_handle = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
+
+
+# -- anyio streams: a reader task and a writer task per connection -------------------------
+
+
+class StreamDriver:
+    """Moves bytes between an anyio ByteStream and a Connection."""
+
+    def __init__(self, acceptor: Acceptor, spec: ListenerSettings, stream: ByteStream) -> None:
+        self._acceptor = acceptor
+        self.spec = spec
+        self.stream = stream
+        self._wake = anyio.Event()
+        self._reader: anyio.CancelScope | None = None
+
+    def schedule_flush(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            address = self.stream.extra(SocketAttribute.remote_address)
+        except Exception:
+            address = None
+        host, port = peer(address)
+        conn = self._acceptor.accept(self, self.spec, host, port)
+        if conn is None:
+            await self.stream.aclose()
+            return
+        reason = ""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write_loop, conn)
+                with anyio.CancelScope() as self._reader:
+                    reason = await self._read_loop(conn)
+                self._wake.set()
+                tg.cancel_scope.deadline = anyio.current_time() + CLOSE_FLUSH_TIMEOUT
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.stream.aclose()
+            conn.transport_lost(reason)
+
+    async def _read_loop(self, conn: Connection) -> str:
+        while not conn.closing:
+            try:
+                data = await self.stream.receive(RECEIVE_SIZE)
+            except _CLOSED as exc:
+                return str(exc)
+            await settle(conn, conn.feed(data))
+        return ""
+
+    async def _write_loop(self, conn: Connection) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            # what was written while a send was under way goes out before any close
+            while (data := conn.take_output()[0]):
+                # the send in progress holds what the stream has not taken
+                conn.outbox.report(0, len(data))
+                try:
+                    await self.stream.send(data)
+                    conn.outbox.report(0, 0)
+                except _CLOSED:
+                    if self._reader is not None:
+                        self._reader.cancel()
+                    return
+            if conn.closing:
+                if self._reader is not None:
+                    self._reader.cancel()
+                return
