@@ -27,6 +27,7 @@ from .hooks.builtin import ListenerAccess, SysPublisher
 from .inline import Callback, Inline, InlineSubscription
 from .listeners import REGISTRY, Acceptor, Listener
 from .message import Message
+from .observe import Observatory
 from .stats import Stats
 
 log = logging.getLogger("midge.broker")
@@ -74,6 +75,10 @@ class Broker:
         #: plugins whose deferred calls are being run, and an event for when none are
         self._workers: set[str] = set()
         self._drained: anyio.Event | None = None
+        #: why the broker is not serving (None: it is), for /readyz
+        self._not_ready: str | None = "starting"
+        #: the broker's figures for observers (the http listener, $SYS)
+        self.observatory = Observatory(self.engine, self.hooks, lambda: self._not_ready, self)
 
     @property
     def stats(self) -> Stats:
@@ -97,7 +102,9 @@ class Broker:
                 "(activate one, e.g. [plugins.auth_allow] or [plugins.auth_ledger])"
             )
         try:
+            self._not_ready = "restoring stored state"
             await self._restore()
+            self._not_ready = "binding listeners"
             await self._bind()
             for _ in range(3):
                 group = anyio.create_task_group()
@@ -111,6 +118,7 @@ class Broker:
             await hooks.call_awaiting(hooks.on_started, self)
             for listener in self._listeners:
                 await listener.start(self._groups[2])
+            self._not_ready = None
         except BaseException:
             await self._unwind()
             raise
@@ -134,10 +142,11 @@ class Broker:
             self._stop.set()
 
     async def _bind(self) -> None:
-        acceptor = Acceptor(self.engine, self.limits.max_connections)
+        acceptor = Acceptor(self.engine, self.limits.max_connections, self.observatory)
         for spec in self.settings.listeners:
             listener = await REGISTRY[spec.type](acceptor, spec)
             self._listeners.append(listener)
+            self.observatory.bound(spec, listener.addresses)
             for host, port in listener.addresses:
                 self.addresses.append((host, port))
                 log.info("listening on %s:%s (%s%s)", host, port, spec.type,
@@ -148,6 +157,7 @@ class Broker:
         # ``move_on_after`` around ``async with Broker()``) still gets a graceful stop;
         # the task groups are left outside the shields, in the scopes they were entered
         timeout = self.limits.shutdown_timeout
+        self._not_ready = "shutting down"
         await self._close_listeners()
         engine = self.engine
         log.info("shutting down: closing %d connections", len(engine.connections))
@@ -316,9 +326,10 @@ class Broker:
         self.engine.forget_acl_decisions()
 
     def sys_info(self) -> dict[str, Any]:
-        """The counters given to ``on_sys_info_tick``."""
-        info: dict[str, Any] = self.stats.as_dict()
-        info["uptime"] = int(time.time() - self.stats.started)
+        """The counters given to ``on_sys_info_tick``: mochi-mqtt's sys info names
+        (``/stats`` shows the same), and the older keys ``sessions``,
+        ``connections_total`` and ``retained_messages``."""
+        info: dict[str, Any] = self.observatory.sys_info()
         info.update(self.engine.counts())
         return info
 

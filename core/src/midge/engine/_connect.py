@@ -34,6 +34,7 @@ from ._state import State
 if TYPE_CHECKING:
     from ..config import BrokerSettings
     from ..hooks import Hooks
+    from ..stats import Stats
     from ._connection import Connection
     from ._router import Router
     from ._sessions import Registry
@@ -69,8 +70,9 @@ class ConnectFlow:
     """CONNECT, the AUTH exchange of CONNECT, and re-authentication after it."""
 
     def __init__(self, limits: BrokerSettings, hooks: Hooks, registry: Registry,
-                 router: Router, clock: Callable[[], float]) -> None:
+                 router: Router, clock: Callable[[], float], stats: Stats) -> None:
         self._limits = limits
+        self._stats = stats
         self._hooks = hooks
         self._registry = registry
         self._router = router
@@ -94,6 +96,7 @@ class ConnectFlow:
         limits = self._limits
         conn.state = State.CONNECTING
         if len(cid.encode()) > limits.max_client_id_length:
+            conn.client_id = cid
             return self._refuse(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
         if not cid:
             # v5 assigns an id whatever Clean Start says [MQTT-3.1.3-6]; 3.1.1 only for a
@@ -102,7 +105,7 @@ class ConnectFlow:
                 return self._refuse(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
                                     "empty client id without clean session")
             cid = "midge" + uuid.uuid4().hex[:18]
-            assigned = True
+            assigned = conn.id_assigned = True
         conn.client_id = cid
         conn.username = packet.username
         if v5:  # also for the AUTH packets of an enhanced-authentication exchange
@@ -254,13 +257,22 @@ class ConnectFlow:
 
     def _refuse(self, conn: Connection, reason: ReasonCode, why: str) -> Ask | None:
         """Answer CONNACK ``reason`` and close; nothing more is asked (None)."""
-        log.warning("client %s from %s refused: %s (0x%02X)", conn.name, conn.remote, why,
-                    int(reason))
+        # the log names the client as it asked to be named (not by an id the broker
+        # would have assigned), and gives the code the client was actually sent
+        if conn.client_id and not conn.id_assigned:
+            who = f"client {conn.name} from {conn.remote}"
+        else:
+            who = f"client with an empty client id from {conn.remote}"
         conn.close_reason = f"refused: {why}"
         if conn.v5:
             conn.send(ConnAck(reason))
+            code = f"CONNACK 0x{int(reason):02X}"
         else:
-            conn.send(ConnAck(connack_code_v3(reason)))
+            v3_code = connack_code_v3(reason)
+            conn.send(ConnAck(v3_code))
+            code = f"CONNACK return code {v3_code}"
+        self._stats.refused(reason.name.lower())
+        log.warning("%s refused: %s (%s)", who, why, code)
         # a refusal ends the connection, also when it answers an AUTH of the exchange
         conn.close(None, conn.close_reason)
         return None

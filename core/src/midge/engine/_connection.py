@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..config import ListenerSettings
     from ..hooks import Hooks
     from ..session import Session
+    from ..stats import Stats
     from ._ask import Ask
 
 log = logging.getLogger("midge.connection")
@@ -61,29 +62,32 @@ class Connection:
     """A client's network connection, from accept to close (``midge.Client`` to hooks)."""
 
     __slots__ = (
-        "_clock", "_ended", "_owner", "acl_cache", "aliases_in", "auth_method",
-        "clean_disconnect", "client_id", "close_reason", "decoder", "hooks", "keepalive",
+        "_clock", "_ended", "_owner", "_stats", "acl_cache", "aliases_in", "auth_method",
+        "clean_disconnect", "client_id", "close_reason", "id_assigned", "decoder", "hooks", "keepalive",
         "last_seen", "listener", "opened", "outbox", "problem_info", "reauthenticating",
         "remote", "remote_host", "remote_port", "session", "state", "username", "will",
     )
 
     def __init__(
         self, owner: Owner, driver: Driver, listener: ListenerSettings, host: str, port: int,
-        *, hooks: Hooks, clock: Callable[[], float], max_packet_size: int,
+        *, hooks: Hooks, clock: Callable[[], float], max_packet_size: int, stats: Stats,
     ) -> None:
         self._owner = owner
         self._clock = clock
+        self._stats = stats
         self.hooks = hooks
         self.listener = listener
         self.remote_host = host
         self.remote_port = port
         self.remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.state = State.AWAITING_CONNECT
-        self.outbox = Outbox(driver, hooks, self)
+        self.outbox = Outbox(driver, hooks, self, stats)
         self.decoder = Decoder(Role.SERVER, max_packet_size=max_packet_size)
         #: (topic, write) -> ACL decision, kept until a reload
         self.acl_cache: dict[tuple[str, bool], bool] = {}
         self.client_id = ""
+        #: the broker assigned ``client_id`` (CONNECT had an empty one)
+        self.id_assigned = False
         self.username: str | None = None
         self.session: Session | None = None
         self.keepalive = 0
@@ -106,8 +110,11 @@ class Connection:
 
     @property
     def name(self) -> str:
-        """The client id once known, else the remote address, for log lines."""
-        return self.client_id or f"<{self.remote}>"
+        """The client id once known, quoted (an id may hold spaces, or be a word like
+        "client"), else the remote address, for log lines."""
+        if self.client_id:
+            return '"' + self.client_id.replace('"', '\\"') + '"'
+        return f"<{self.remote}>"
 
     @property
     def protocol_level(self) -> int:
@@ -130,7 +137,9 @@ class Connection:
 
     def take_output(self) -> tuple[bytes, int]:
         """What to write now, as one buffer, and how many frames it holds."""
-        return self.outbox.take()
+        taken = self.outbox.take()
+        self._stats.bytes_sent += len(taken[0])
+        return taken
 
     # -- ending ----------------------------------------------------------------------------
 
@@ -194,6 +203,7 @@ class Connection:
         if self.closing:
             return None
         self.last_seen = self._clock()
+        self._stats.bytes_received += len(data)
         self.decoder.feed(data)
         return self._process()
 
@@ -221,8 +231,10 @@ class Connection:
         hooks = self.hooks
         decoder = self.decoder
         handlers = self._owner.handlers
+        received = self._stats.packets_received
         try:
             while (packet := decoder.next_packet()) is not None:
+                received[type(packet)] += 1
                 if hooks.on_packet_read is not None:
                     try:
                         packet = hooks.on_packet_read(self, packet)

@@ -68,7 +68,8 @@ class Engine:
         self.router = Router(limits, hooks, self.stats, self.access, clock, clients, sessions)
         self.registry = Registry(limits, hooks, self.stats, clock, self.router, sessions,
                                  clients)
-        self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock)
+        self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock,
+                                        self.stats)
         publish = PublishFlow(limits, hooks, self.stats, self.access, self.router, clock)
         subscribe = SubscribeFlow(limits, hooks, self.access, self.router)
         #: packet type -> what it does (the state table has already allowed it)
@@ -104,9 +105,13 @@ class Engine:
              port: int) -> Connection:
         """A listener accepted a transport: the Connection its driver feeds."""
         conn = Connection(self, driver, listener, host, port, hooks=self.hooks,
-                          clock=self.clock, max_packet_size=self.limits.max_packet_size)
+                          clock=self.clock, max_packet_size=self.limits.max_packet_size,
+                          stats=self.stats)
         self.connections.add(conn)
-        self.stats.connections_total += 1
+        stats = self.stats
+        stats.connections_total += 1
+        label = listener.label
+        stats.connections_by_listener[label] = stats.connections_by_listener.get(label, 0) + 1
         return conn
 
     def ended(self, conn: Connection, connected: bool) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from ..codec import MAX_VARINT, encode
+from ..codec import MAX_VARINT, Publish, encode
 
 if TYPE_CHECKING:
     from ..api import Client
     from ..codec import Packet
     from ..hooks import Hooks
     from ..message import Message
+    from ..stats import Stats
 
 #: why a delivery was withheld: larger than the client said it accepts
 TOO_LARGE = "larger than the client's maximum"
@@ -40,12 +41,16 @@ class Outbox:
     """The bytes waiting to be written to one client, and how to frame them."""
 
     __slots__ = (
-        "_count", "_driver", "_hooks", "_out", "_owner", "alias_max", "aliases", "level",
+        "_bytes", "_count", "_driver", "_hooks", "_out", "_owner", "_sent", "alias_max", "aliases", "level",
         "max_packet", "sealed",
     )
 
-    def __init__(self, driver: Driver, hooks: Hooks, owner: Client) -> None:
+    def __init__(self, driver: Driver, hooks: Hooks, owner: Client, stats: Stats) -> None:
         self._driver = driver
+        #: packets sent by class (the broker's counters)
+        self._sent = stats.packets_sent
+        #: PUBLISH frame bytes sent, by QoS
+        self._bytes = stats.sent_bytes_by_qos
         self._hooks = hooks
         self._owner = owner
         self._out: list[bytes] = []
@@ -95,6 +100,7 @@ class Outbox:
             packet = hooks.on_packet_encode(self._owner, packet)
         data = encode(packet, self.level or 4)
         self.write(data)
+        self._sent[type(packet)] += 1
         if hooks.on_packet_sent is not None:
             hooks.on_packet_sent(self._owner, packet, data)
 
@@ -114,11 +120,13 @@ class Outbox:
                                   now=now)
         if len(frame) > self.max_packet:
             return TOO_LARGE
+        self._bytes[qos] += len(frame)
         if self._hooks.packet_hooks:
             self.send(message.publish(level, qos, retain, packet_id, subscription_ids, dup,
                                       alias, known, now))
         else:
             self.write(frame)
+            self._sent[Publish] += 1
         return None
 
     def _frame_aliased(

@@ -87,6 +87,9 @@ class PublishFlow:
             raise RemoteProtocolError(ReasonCode.RETAIN_NOT_SUPPORTED,
                                       "retained PUBLISH but retain is not available")
         self._stats.messages_received += 1
+        stats = self._stats
+        stats.received_by_qos[packet.qos] += 1
+        stats.received_bytes_by_qos[packet.qos] += len(packet.payload)
         if packet.qos == 2:
             if packet.packet_id in session.inbound_qos2:
                 if packet.dup or not v5:

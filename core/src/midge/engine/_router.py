@@ -202,7 +202,9 @@ class Router:
             why = outbox.publish(message, 0, retain, 0, subscription_ids, now=now)
             if why is not None:
                 return self.dropped(conn, message, why)
-            self._stats.messages_sent += 1
+            stats = self._stats
+            stats.messages_sent += 1
+            stats.sent_by_qos[0] += 1
             return None
         session = self._sessions.get(client_id)
         if session is None:
@@ -220,7 +222,7 @@ class Router:
         return None
 
     def dropped(self, conn: Connection | None, message: Message, reason: str) -> None:
-        self._stats.messages_dropped += 1
+        self._stats.dropped(reason)
         log.debug("message to %s for %s dropped: %s", message.topic,
                   conn.client_id if conn else "an offline client", reason)
         if self._hooks.on_publish_dropped is not None:
@@ -241,10 +243,13 @@ class Router:
             session = conn.session
             if session is not None:
                 session.drop(out.packet_id)
+            self._stats.inflight_dropped += 1
             if hooks.on_qos_dropped is not None:
                 hooks.on_qos_dropped(conn, out.packet_id, why)
             return self.dropped(conn, message, why)
-        self._stats.messages_sent += 1
+        stats = self._stats
+        stats.messages_sent += 1
+        stats.sent_by_qos[out.qos] += 1
         if hooks.on_qos_publish is not None:
             hooks.on_qos_publish(conn, message, out.packet_id, dup)
         return None

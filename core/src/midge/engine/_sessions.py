@@ -101,7 +101,10 @@ class Registry:
     def connected(self, conn: Connection) -> None:
         """``conn`` was sent CONNACK 0: it holds its client id."""
         self.clients[conn.client_id] = conn
-        self._stats.clients_connected = len(self.clients)
+        stats = self._stats
+        stats.clients_connected = count = len(self.clients)
+        if count > stats.clients_maximum:
+            stats.clients_maximum = count
 
     def _cancel_will(self, client_id: str, session_ends: bool) -> None:
         """The client reconnected: drop its delayed will, or send it now when the new

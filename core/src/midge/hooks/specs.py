@@ -101,6 +101,19 @@ def on_sys_info_tick(broker: BrokerHandle, info: dict[str, Any]) -> None:
     """
 
 
+@_rule(FIRST_NON_EMPTY, True)
+def on_ready_check(broker: BrokerHandle) -> str | None:
+    """The broker is asked whether it is ready to serve (an http listener's ``/readyz``).
+
+    Return a short reason why it is not (``"storage unreachable: connection refused"``),
+    or None when this plugin has nothing against serving; the first reason wins and
+    ``/readyz`` answers 503 with it. Called only once the broker has restored its state
+    and bound its listeners, on every probe: keep it cheap (check a connection you
+    hold, not a new one each time). May be ``async def``; an answer that takes longer
+    than two seconds counts as not ready.
+    """
+
+
 # -- connections ---------------------------------------------------------------------------
 
 

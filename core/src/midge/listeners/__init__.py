@@ -10,11 +10,13 @@ Adding a transport is one module with a ``bind`` function plus its entry in
 from __future__ import annotations
 
 from ._base import Acceptor, Bind, Listener, Opener, settle
+from .http import bind as bind_http
 from .tcp import bind as bind_tcp
 
 #: listener type (the configuration's ``type``) -> how to bind one
 REGISTRY: dict[str, Bind] = {
     "tcp": bind_tcp,
+    "http": bind_http,
 }
 
 __all__ = ["REGISTRY", "Acceptor", "Bind", "Listener", "Opener", "settle"]

@@ -2,7 +2,8 @@
 
 The rule: listeners see the engine only through ``Opener`` (make a Connection) and
 ``Acceptor`` (may one more connect?), never the broker; and every transport awaits an
-engine's ``Ask`` the same way, through ``settle``.
+engine's ``Ask`` the same way, through ``settle``. A listener that reports on the broker
+(http) reads it only through ``Acceptor.observer``, the read-only ``midge.api.Observer``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Protocol
 
 from anyio.abc import TaskGroup
 
+from ..api import Observer
 from ..config import ListenerSettings
 from ..engine import Ask, Connection, Driver
+from ..stats import Stats
 
 log = logging.getLogger("midge.listeners")
 
@@ -24,6 +27,9 @@ class Opener(Protocol):
 
     @property
     def connections(self) -> set[Connection]: ...
+
+    @property
+    def stats(self) -> Stats: ...
 
     def open(self, driver: Driver, listener: ListenerSettings, host: str,
              port: int) -> Connection: ...
@@ -49,11 +55,14 @@ Bind = Callable[["Acceptor", ListenerSettings], Awaitable[Listener]]
 class Acceptor:
     """Admission and Connection construction, in one place for every transport."""
 
-    __slots__ = ("_max", "_opener")
+    __slots__ = ("_max", "_opener", "observer")
 
-    def __init__(self, opener: Opener, max_connections: int) -> None:
+    def __init__(self, opener: Opener, max_connections: int,
+                 observer: Observer | None = None) -> None:
         self._opener = opener
         self._max = max_connections
+        #: the broker's figures, for listeners that report them (None: not available)
+        self.observer = observer
 
     def accept(self, driver: Driver, listener: ListenerSettings, host: str,
                port: int) -> Connection | None:
@@ -62,6 +71,7 @@ class Acceptor:
         if len(self._opener.connections) >= self._max:
             log.warning("refusing connection from %s:%s on %s: max_connections %d reached",
                         host, port, listener.label, self._max)
+            self._opener.stats.refused("max_connections")
             return None
         return self._opener.open(driver, listener, host, port)
 
