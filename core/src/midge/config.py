@@ -229,10 +229,10 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
         if not listener.host:
             raise ConfigError(source, f"{where}.host", "must not be empty")
         if listener.type != "http":
-            for key in HTTP_ONLY_KEYS:
-                if key in raw or (key == "auth" and raw_auth is not None):
-                    raise ConfigError(source, f"{where}.{key}",
-                                      f"only an http listener takes {key!r}")
+            for name in HTTP_ONLY_KEYS:
+                if name in raw or (name == "auth" and raw_auth is not None):
+                    raise ConfigError(source, f"{where}.{name}",
+                                      f"only an http listener takes {name!r}")
         elif listener.auth is None and not listener.public and not is_loopback(listener.host):
             raise ConfigError(
                 source, f"{where}.host",

@@ -54,18 +54,18 @@ class Stats:
         "messages_sent",
         "packets_received",
         "packets_sent",
-        "received_bytes_by_qos",
         "received_by_qos",
-        "sent_bytes_by_qos",
+        "received_bytes_by_qos",
         "sent_by_qos",
+        "sent_bytes_by_qos",
         "started",
     )
 
     #: the scalar counters, for ``as_dict`` and stored sys info
     SCALARS = (
         "bytes_received", "bytes_sent", "clients_connected", "clients_maximum",
-        "connections_total", "inflight_dropped", "messages_dropped", "messages_received", "messages_sent",
-        "started",
+        "connections_total", "inflight_dropped", "messages_dropped", "messages_received",
+        "messages_sent", "started",
     )
 
     def __init__(self) -> None:

@@ -63,9 +63,10 @@ class Connection:
 
     __slots__ = (
         "_clock", "_ended", "_owner", "_stats", "acl_cache", "aliases_in", "auth_method",
-        "clean_disconnect", "client_id", "close_reason", "id_assigned", "decoder", "hooks", "keepalive",
-        "last_seen", "listener", "opened", "outbox", "problem_info", "reauthenticating",
-        "remote", "remote_host", "remote_port", "session", "state", "username", "will",
+        "clean_disconnect", "client_id", "close_reason", "decoder", "hooks", "id_assigned",
+        "keepalive", "last_seen", "listener", "opened", "outbox", "problem_info",
+        "reauthenticating", "remote", "remote_host", "remote_port", "session", "state",
+        "username", "will",
     )
 
     def __init__(

@@ -41,8 +41,8 @@ class Outbox:
     """The bytes waiting to be written to one client, and how to frame them."""
 
     __slots__ = (
-        "_bytes", "_count", "_driver", "_hooks", "_out", "_owner", "_sent", "alias_max", "aliases", "level",
-        "max_packet", "sealed",
+        "_bytes", "_count", "_driver", "_hooks", "_out", "_owner", "_sent", "alias_max",
+        "aliases", "level", "max_packet", "sealed",
     )
 
     def __init__(self, driver: Driver, hooks: Hooks, owner: Client, stats: Stats) -> None:

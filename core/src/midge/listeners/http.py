@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -202,6 +202,12 @@ class HttpConnection:
                 self.h11.receive_data(data)
                 continue
             if isinstance(event, h11.Request):
+                # h11 bounds a head that arrives in pieces; one that came whole is
+                # measured here
+                size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                if size > MAX_HEAD_BYTES:
+                    raise h11.RemoteProtocolError("request head too large",
+                                                  error_status_hint=431)
                 request = event
             elif isinstance(event, h11.Data):
                 body += event.data
@@ -226,7 +232,7 @@ class HttpConnection:
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         body = json.dumps({"error": message}).encode()
-        headers = _headers(b"application/json", body) + [(b"connection", b"close")]
+        headers = [*_headers(b"application/json", body), (b"connection", b"close")]
         with anyio.move_on_after(2):
             try:
                 await self._send(h11.Response(status_code=status, headers=headers,
@@ -246,6 +252,8 @@ class _BodyTooLarge(Exception):
 
 
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]
+#: what answers one path: (path, query, request) -> response
+Route = Callable[[str, dict[str, list[str]], h11.Request], Awaitable[Response]]
 
 
 class App:
@@ -264,12 +272,13 @@ class App:
 
     async def respond(self, request: h11.Request, body: bytes) -> Response:
         try:
-            return await self._respond(request)
+            response: Response = await self._respond(request)
         except Exception:
             log.exception("http: internal error answering %s %s",
                           request.method.decode("ascii", "replace"),
                           request.target.decode("ascii", "replace"))
             return _json(500, {"error": "internal error"})
+        return response
 
     async def _respond(self, request: h11.Request) -> Response:
         target = urlsplit(request.target.decode("ascii", "replace"))
@@ -289,7 +298,7 @@ class App:
         query = parse_qs(target.query)
         return await route(path, query, request)
 
-    def _route(self, path: str) -> Any:
+    def _route(self, path: str) -> Route | None:
         if path == "/":
             return self._status_page
         if path == "/healthz":
@@ -344,16 +353,19 @@ class App:
 
     # -- the paths -------------------------------------------------------------------------
 
-    async def _healthz(self, path: str, query: Any, request: h11.Request) -> Response:
+    async def _healthz(self, path: str, query: dict[str, list[str]],
+                  request: h11.Request) -> Response:
         return _json(200, {"status": "ok"})
 
-    async def _readyz(self, path: str, query: Any, request: h11.Request) -> Response:
+    async def _readyz(self, path: str, query: dict[str, list[str]],
+                  request: h11.Request) -> Response:
         reason = await self.observer.not_ready()
         if reason is None:
             return _json(200, {"status": "ready"})
         return _json(503, {"status": "not ready", "reason": reason})
 
-    async def _metrics(self, path: str, query: Any, request: h11.Request) -> Response:
+    async def _metrics(self, path: str, query: dict[str, list[str]],
+                  request: h11.Request) -> Response:
         accept = ""
         for name, value in request.headers:
             if name == b"accept":
@@ -362,7 +374,8 @@ class App:
         payload = encoder(self.registry)
         return 200, _headers(content_type.encode(), payload), payload
 
-    async def _stats(self, path: str, query: Any, request: h11.Request) -> Response:
+    async def _stats(self, path: str, query: dict[str, list[str]],
+                  request: h11.Request) -> Response:
         return _json(200, self.observer.sys_info())
 
     async def _clients(self, path: str, query: dict[str, list[str]],
@@ -385,14 +398,16 @@ class App:
             "clients": clients[offset:offset + limit],
         })
 
-    async def _client(self, path: str, query: Any, request: h11.Request) -> Response:
+    async def _client(self, path: str, query: dict[str, list[str]],
+                  request: h11.Request) -> Response:
         client_id = unquote(path[len("/api/clients/"):])
         info = self.observer.client_info(client_id)
         if info is None:
             return _json(404, {"error": f"client {client_id!r} is not connected"})
         return _json(200, info)
 
-    async def _status_page(self, path: str, query: Any, request: h11.Request) -> Response:
+    async def _status_page(self, path: str, query: dict[str, list[str]],
+                  request: h11.Request) -> Response:
         if self._page is None:
             self._page = (importlib.resources.files("midge.listeners")
                           .joinpath("status.html").read_bytes())
