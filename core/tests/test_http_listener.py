@@ -119,7 +119,7 @@ def test_metrics_move_with_the_traffic_the_test_makes(
     broker: Observed, client_factory: Callable[..., Client]
 ) -> None:
     before = metrics(broker.http_port)
-    listener = broker.broker.settings.listeners[0].label
+    listener = f"tcp://127.0.0.1:{broker.port}"  # the bound address names it
     subscriber = client_factory("sub-1")
     subscriber.subscribe("m/#", qos=1)
     publisher = client_factory("pub-1")

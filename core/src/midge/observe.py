@@ -126,7 +126,9 @@ class Observatory:
         totals = self.stats.connections_by_listener
         return [
             {
-                "name": spec.label,
+                # a configured name, else the address actually bound (port 0 resolved)
+                "name": spec.name or f"{spec.type}://{_address(*addresses[0])}"
+                if addresses else spec.label,
                 "type": spec.type,
                 "address": ", ".join(_address(host, port) for host, port in addresses),
                 "connections": now.get(spec.label, 0),
