@@ -104,7 +104,6 @@ def test_the_status_page_shows_live_traffic(
     worker.start()
     try:
         browser.get(f"http://127.0.0.1:{broker.http_port}/")
-        wait = WebDriverWait(browser, 20, poll_frequency=0.2)
 
         def snapshot() -> dict[str, Any]:
             # one script reads everything at once: the page redraws every second, so
