@@ -224,7 +224,8 @@ class ConnectFlow:
         conn.send(ConnAck(0, present, ack_props))
         clients_log.info(
             "client %s connected from %s (MQTT %s, clean=%s, keepalive=%d, session present=%s)",
-            cid, conn.remote, _LEVELS[level], packet.clean_start, pending.keepalive, present,
+            conn.name, conn.remote, _LEVELS[level], packet.clean_start, pending.keepalive,
+            present, extra=conn.log_fields,
         )
         if hooks.on_session_established is not None:
             hooks.on_session_established(conn, packet)
@@ -272,7 +273,7 @@ class ConnectFlow:
             conn.send(ConnAck(v3_code))
             code = f"CONNACK return code {v3_code}"
         self._stats.refused(reason.name.lower())
-        log.warning("%s refused: %s (%s)", who, why, code)
+        log.warning("%s refused: %s (%s)", who, why, code, extra=conn.log_fields)
         # a refusal ends the connection, also when it answers an AUTH of the exchange
         conn.close(None, conn.close_reason)
         return None
@@ -349,7 +350,7 @@ class ConnectFlow:
                          error: BaseException | None) -> None:
         if isinstance(error, Refuse):
             log.warning("client %s: re-authentication refused (0x%02X)", conn.name,
-                        int(error.reason_code))
+                        int(error.reason_code), extra=conn.log_fields)
             why = error.reason or "re-authentication failed"
             conn.close(error.reason_code, why, reason=why)
             return
@@ -359,7 +360,7 @@ class ConnectFlow:
             return
         if answer is packet or not isinstance(answer, Auth):
             log.warning("client %s: no plugin answered re-authentication with %r",
-                        conn.name, method)
+                        conn.name, method, extra=conn.log_fields)
             why = "authentication method not supported"
             conn.close(ReasonCode.BAD_AUTHENTICATION_METHOD, why, reason=why)
             return
@@ -370,7 +371,7 @@ class ConnectFlow:
             return
         conn.reauthenticating = code == ReasonCode.CONTINUE_AUTHENTICATION
         if code == ReasonCode.SUCCESS:
-            clients_log.info("client %s re-authenticated", conn.name)
+            clients_log.info("client %s re-authenticated", conn.name, extra=conn.log_fields)
         conn.send(Auth(code, self._auth_props(conn, answer, method)))
 
     @staticmethod

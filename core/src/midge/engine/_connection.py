@@ -9,6 +9,7 @@ business (``_state``); what a packet does is the engine's (``Owner.handle``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +42,12 @@ if TYPE_CHECKING:
     from ._ask import Ask
 
 log = logging.getLogger("midge.connection")
+
+
+def quoted(client_id: str) -> str:
+    """A client id for a log line: in double quotes, with quotes and control characters
+    escaped, so that no id reads as part of the sentence or forges a line."""
+    return json.dumps(client_id, ensure_ascii=False)
 
 
 class Owner(Protocol):
@@ -114,8 +121,15 @@ class Connection:
         """The client id once known, quoted (an id may hold spaces, or be a word like
         "client"), else the remote address, for log lines."""
         if self.client_id:
-            return '"' + self.client_id.replace('"', '\\"') + '"'
+            return quoted(self.client_id)
         return f"<{self.remote}>"
+
+    @property
+    def log_fields(self) -> dict[str, str]:
+        """The client's id, listener and address as log record fields (``extra=``), which
+        ``--log-format json`` writes as fields of their own."""
+        return {"client_id": self.client_id, "listener": self.listener.label,
+                "address": self.remote}
 
     @property
     def protocol_level(self) -> int:
@@ -175,6 +189,7 @@ class Connection:
                 log.warning(
                     "client %s: connection closed in the middle of a packet "
                     "(%d bytes of it received)", self.name, self.decoder.buffered,
+                    extra=self.log_fields,
                 )
                 self.close_reason = "connection closed in the middle of a packet"
             else:
@@ -268,12 +283,13 @@ class Connection:
         log.error(
             "client %s: internal error; closing its connection", self.name,
             exc_info=True,  # noqa: LOG014 - always called from an except block
+            extra=self.log_fields,
         )
         self.close(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
 
     def protocol_error(self, exc: RemoteProtocolError) -> None:
         """Answer a protocol violation as the specification says, then close."""
-        log.warning("client %s: protocol error: %s", self.name, exc)
+        log.warning("client %s: protocol error: %s", self.name, exc, extra=self.log_fields)
         self.close_reason = f"protocol error: {exc.message}"
         if self.state is not State.CONNECTED:
             if isinstance(exc, UnsupportedProtocolVersion):

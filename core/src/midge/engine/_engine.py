@@ -146,8 +146,8 @@ class Engine:
         if conn is None or conn.closing:
             return False
         code = ReasonCode(reason_code)
-        clients_log.info("client %s: disconnected by the server (0x%02X%s)", client_id,
-                         int(code), f": {reason}" if reason else "")
+        clients_log.info("client %s: disconnected by the server (0x%02X%s)", conn.name,
+                         int(code), f": {reason}" if reason else "", extra=conn.log_fields)
         conn.close(code, reason or f"disconnected by the server (0x{int(code):02X})",
                    reason=reason or "", server_reference=server_reference)
         return True
@@ -175,11 +175,11 @@ class Engine:
             if not conn.connected:
                 if now - conn.opened > connect_timeout:
                     log.warning("client %s sent no CONNECT within %d s; closing",
-                                conn.name, connect_timeout)
+                                conn.name, connect_timeout, extra=conn.log_fields)
                     conn.close(None, "CONNECT timeout")
             elif conn.keepalive and now - conn.last_seen > conn.keepalive * KEEPALIVE_GRACE:
                 clients_log.info("client %s: keepalive of %d s expired; closing",
-                                 conn.name, conn.keepalive)
+                                 conn.name, conn.keepalive, extra=conn.log_fields)
                 conn.close(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
         self.registry.tick(now)
 

@@ -101,7 +101,8 @@ class PublishFlow:
                 # [MQTT-4.3.3-10]) and the client is told 0x91; after a PUBREC of 0x80
                 # or above the id starts afresh [MQTT-4.3.3-9]
                 log.warning("client %s reused packet id %d before releasing it; "
-                            "answered 0x91", conn.client_id, packet.packet_id)
+                            "answered 0x91", conn.name, packet.packet_id,
+                            extra=conn.log_fields)
                 session.inbound_qos2.discard(packet.packet_id)
                 self._acknowledge(conn, packet, ReasonCode.PACKET_IDENTIFIER_IN_USE,
                                   "packet identifier in use")
@@ -118,17 +119,18 @@ class PublishFlow:
                 raise RemoteProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID,
                                           "payload declared UTF-8 is not valid UTF-8")
             log.warning("client %s published a payload declared UTF-8 that is not; dropped",
-                        conn.client_id)
+                        conn.name, extra=conn.log_fields)
             self._acknowledge(conn, packet, ReasonCode.PAYLOAD_FORMAT_INVALID,
                               "payload is not valid UTF-8")
             return None
         if topic.startswith("$"):
-            log.warning("client %s may not publish to %s; dropped", conn.client_id, topic)
+            log.warning("client %s may not publish to %s; dropped", conn.name, topic,
+                        extra=conn.log_fields)
             self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
             return None
         if not self._access.allowed(conn, topic, True):
             log.warning("client %s is not authorized to publish to %s; dropped",
-                        conn.client_id, topic)
+                        conn.name, topic, extra=conn.log_fields)
             self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
             return None
         hook = self._hooks.on_publish

@@ -224,7 +224,7 @@ class Router:
     def dropped(self, conn: Connection | None, message: Message, reason: str) -> None:
         self._stats.dropped(reason)
         log.debug("message to %s for %s dropped: %s", message.topic,
-                  conn.client_id if conn else "an offline client", reason)
+                  conn.name if conn else "an offline client", reason)
         if self._hooks.on_publish_dropped is not None:
             self._hooks.on_publish_dropped(conn, message, reason)
 

@@ -23,6 +23,7 @@ from ..codec import (
 )
 from ..message import Message
 from ..session import Outbound, Session
+from ._connection import quoted
 
 if TYPE_CHECKING:
     from ..config import BrokerSettings
@@ -78,7 +79,7 @@ class Registry:
         old = self.clients.get(client_id)
         if old is not None and old is not conn:
             clients_log.info("client %s: session taken over by a new connection from %s",
-                             client_id, conn.remote)
+                             conn.name, conn.remote, extra=conn.log_fields)
             if old.will is not None and not ends and will_delay(old, old.will):
                 # the session continues and the will has a delay: it is not sent
                 # (MQTT 5 section 3.1.3.2.2)
@@ -115,7 +116,8 @@ class Registry:
         if session_ends:
             self.publish_will(pending[1], pending[2])
         else:
-            clients_log.info("client %s reconnected: its delayed will is cancelled", client_id)
+            clients_log.info("client %s reconnected: its delayed will is cancelled",
+                             quoted(client_id), extra={"client_id": client_id})
 
     # -- a connection ends -----------------------------------------------------------------
 
@@ -136,7 +138,8 @@ class Registry:
             elif session.expiry_interval is not None:
                 session.expires_at = self._clock() + session.expiry_interval
                 self.expiring[cid] = session
-        clients_log.info("client %s disconnected: %s", cid, conn.close_reason or "closed")
+        clients_log.info("client %s disconnected: %s", conn.name, conn.close_reason or "closed",
+                         extra=conn.log_fields)
         hooks = self._hooks
         if hooks.on_disconnect is not None:
             hooks.on_disconnect(conn, None if conn.clean_disconnect else conn.close_reason,
@@ -150,7 +153,8 @@ class Registry:
                 # session's expiry, unless the client comes back first (MQTT 5 3.1.3.2.2)
                 if session.expiry_interval is not None:
                     delay = min(delay, session.expiry_interval)
-                clients_log.info("client %s: its will is delayed by %d s", cid, delay)
+                clients_log.info("client %s: its will is delayed by %d s", conn.name, delay,
+                                 extra=conn.log_fields)
                 self.pending_wills[cid] = (self._clock() + delay, conn, will)
             else:
                 self.publish_will(conn, will)
@@ -159,7 +163,8 @@ class Registry:
         hooks = self._hooks
         if hooks.on_will is not None:
             will = hooks.on_will(conn, will)
-        clients_log.info("client %s: publishing its will to %s", conn.client_id, will.topic)
+        clients_log.info("client %s: publishing its will to %s", conn.name, will.topic,
+                         extra=conn.log_fields)
         self.router.route(Message(will.topic, will.payload, will.qos, will.retain,
                                   will.properties, conn.client_id, self._clock()), conn)
         if hooks.on_published is not None:
@@ -190,7 +195,8 @@ class Registry:
         if self.expiring:
             for cid, session in list(self.expiring.items()):
                 if session.expires_at is not None and session.expires_at <= now:
-                    clients_log.info("session %s expired", cid)
+                    clients_log.info("session of client %s expired", quoted(cid),
+                                     extra={"client_id": cid})
                     self.discard(session)
                     if self._hooks.on_client_expired is not None:
                         self._hooks.on_client_expired(cid)

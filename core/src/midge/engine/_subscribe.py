@@ -70,7 +70,8 @@ class SubscribeFlow:
             try:
                 share = parse_share(topic_filter)
             except ValueError as exc:
-                log.warning("client %s: subscription refused: %s", conn.client_id, exc)
+                log.warning("client %s: subscription refused: %s", conn.name, exc,
+                            extra=conn.log_fields)
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else SUBACK_FAILURE)
                 continue
             if not v5 and (
@@ -78,7 +79,7 @@ class SubscribeFlow:
                 or (not limits.wildcard_subscriptions and has_wildcard(topic_filter))
             ):
                 log.warning("client %s: subscription to %s refused: not available",
-                            conn.client_id, topic_filter)
+                            conn.name, topic_filter, extra=conn.log_fields)
                 codes.append(SUBACK_FAILURE)
                 continue
             if share is not None:
@@ -88,7 +89,7 @@ class SubscribeFlow:
                 acl_filter = share[1]
             if not self._access.allowed(conn, acl_filter, False):
                 log.warning("client %s is not authorized to subscribe to %s",
-                            conn.client_id, topic_filter)
+                            conn.name, topic_filter, extra=conn.log_fields)
                 codes.append(refused)
                 continue
             if sub.qos > limits.maximum_qos:  # granted at most the maximum QoS

@@ -9,6 +9,7 @@ engine's ``Ask`` the same way, through ``settle``. A listener that reports on th
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -74,6 +75,14 @@ class Acceptor:
             self._opener.stats.refused("max_connections")
             return None
         return self._opener.open(driver, listener, host, port)
+
+
+def bind_error(exc: OSError, host: str, port: int) -> OSError:
+    """A failed bind, said once: "cannot listen on HOST:PORT: address already in use"
+    (the event loops' own messages repeat the address and add the errno)."""
+    why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    error = OSError(exc.errno, f"cannot listen on {host}:{port}: {why}")
+    return error
 
 
 async def settle(conn: Connection, pending: Ask | None) -> None:

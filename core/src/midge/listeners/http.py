@@ -36,7 +36,7 @@ from prometheus_client.registry import CollectorRegistry
 from .._version import __version__
 from ..api import Observer
 from ..config import HttpAuth, ListenerSettings, is_loopback
-from ._base import Acceptor, Listener
+from ._base import Acceptor, Listener, bind_error
 
 log = logging.getLogger("midge.http")
 
@@ -73,8 +73,7 @@ async def bind(acceptor: Acceptor, spec: ListenerSettings) -> Listener:
     try:
         multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {spec.host}:{spec.port}: {exc.strerror}"
-                      ) from exc
+        raise bind_error(exc, spec.host, spec.port) from exc
     return HttpListener(spec, multi, observer)
 
 

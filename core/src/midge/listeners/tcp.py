@@ -21,7 +21,7 @@ from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 
 from ..config import ListenerSettings
 from ..engine import Ask, Connection
-from ._base import Acceptor, Listener, settle
+from ._base import Acceptor, Listener, bind_error, settle
 
 log = logging.getLogger("midge.listeners")
 
@@ -41,9 +41,7 @@ async def bind(acceptor: Acceptor, spec: ListenerSettings) -> Listener:
         return await StreamListener.bind(acceptor, spec)
     except OSError as exc:
         # name the address: with several listeners "address in use" is a riddle
-        raise OSError(
-            exc.errno, f"cannot listen on {spec.host}:{spec.port}: {exc.strerror}"
-        ) from exc
+        raise bind_error(exc, spec.host, spec.port) from exc
 
 
 def _peer(address: Any) -> tuple[str, int]:
