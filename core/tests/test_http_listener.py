@@ -467,3 +467,24 @@ def test_config_auth_token_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert settings.listeners[0].auth == HttpAuth(token="abc")
     with pytest.raises(ConfigError, match="MIDGE_TEST_NOPE"):
         parse({"listeners": [{"type": "http", "auth": {"token": {"env": "MIDGE_TEST_NOPE"}}}]})
+
+
+@pytest.mark.parametrize("scheme", ["pbkdf2_sha256", "pbkdf2_sha512", "scrypt"])
+def test_hashes_made_by_midge_passwd_verify(scheme: str) -> None:
+    hashing = pytest.importorskip("midge_auth_ledger._hashing")
+    fast = {"pbkdf2_sha256": {"iterations": 1000}, "pbkdf2_sha512": {"iterations": 1000},
+            "scrypt": {"n": 1024, "r": 8, "p": 1}}[scheme]
+    stored = hashing.hash_password("correct horse", scheme, **fast)
+    assert http_listener.verify_password(stored, b"correct horse")
+    assert not http_listener.verify_password(stored, b"wrong horse")
+    parse({"listeners": [{"type": "http", "auth": {"username": "u", "password_hash": stored}}]})
+
+
+def test_the_example_configuration_loads() -> None:
+    from pathlib import Path
+
+    from midge.config import load
+
+    settings = load(Path(__file__).resolve().parents[2] / "examples" / "observability.toml")
+    assert [spec.type for spec in settings.listeners] == ["tcp", "http"]
+    assert settings.listeners[1].port == 8080 and settings.listeners[1].auth is None
