@@ -488,3 +488,23 @@ def test_the_example_configuration_loads() -> None:
     settings = load(Path(__file__).resolve().parents[2] / "examples" / "observability.toml")
     assert [spec.type for spec in settings.listeners] == ["tcp", "http"]
     assert settings.listeners[1].port == 8080 and settings.listeners[1].auth is None
+
+
+def test_a_publish_refused_as_a_protocol_error_is_a_packet_not_a_message(
+    observed_factory: Callable[..., Observed],
+) -> None:
+    from midge.codec import Connect, Publish, encode
+
+    running = observed_factory(maximum_qos=1)
+    before = metrics(running.http_port)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
+        sock.sendall(encode(Connect("too-high", 4), 4)
+                     + encode(Publish("q/2", b"x", 2, packet_id=1), 4))
+        while sock.recv(65536):  # CONNACK, then the close
+            pass
+    wait_for(lambda: value(metrics(running.http_port), "midge_packets_received_total",
+                           type="PUBLISH") == 1)
+    after = metrics(running.http_port)
+    assert value(after, "midge_messages_received_total", qos="2") == 0
+    assert value(before, "midge_packets_received_total", type="CONNECT") == 0
+    assert value(after, "midge_packets_received_total", type="CONNECT") == 1

@@ -40,6 +40,8 @@ class Stats:
     """Counters since the broker started."""
 
     __slots__ = (
+        "_received_base",
+        "_sent_base",
         "bytes_received",
         "bytes_sent",
         "clients_connected",
@@ -50,8 +52,6 @@ class Stats:
         "dropped_by_reason",
         "inflight_dropped",
         "messages_dropped",
-        "messages_received",
-        "messages_sent",
         "packets_received",
         "packets_sent",
         "received_by_qos",
@@ -74,21 +74,24 @@ class Stats:
         self.clients_connected = 0
         #: the most clients connected at once
         self.clients_maximum = 0
-        self.messages_received = 0
-        self.messages_sent = 0
+        #: restored counts (stored sys info) below the per-QoS counters
+        self._received_base = 0
+        self._sent_base = 0
         self.messages_dropped = 0
         #: QoS 1/2 deliveries abandoned after they were given a packet id
         self.inflight_dropped = 0
         #: bytes read from and written to client transports
         self.bytes_received = 0
         self.bytes_sent = 0
-        #: PUBLISHes received from clients and deliveries sent, indexed by QoS
+        #: PUBLISH messages received from clients and deliveries sent, indexed by QoS;
+        #: ``messages_received`` and ``messages_sent`` are their sums, kept nowhere else,
+        #: so the hot path bumps one counter per message each way
         self.received_by_qos = [0, 0, 0]
         self.sent_by_qos = [0, 0, 0]
         #: payload bytes of the PUBLISHes received, and PUBLISH frame bytes sent, by QoS
         self.received_bytes_by_qos = [0, 0, 0]
         self.sent_bytes_by_qos = [0, 0, 0]
-        #: packet class -> count, both ways (every class present from the start)
+        #: packet class -> count, both ways, but PUBLISH (see ``packets_by_type``)
         self.packets_received: dict[type, int] = dict.fromkeys(PACKET_TYPES, 0)
         self.packets_sent: dict[type, int] = dict.fromkeys(PACKET_TYPES, 0)
         #: refusal reason (a reason code's name, or "max_connections") -> count
@@ -108,12 +111,36 @@ class Stats:
         self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + 1
 
     @property
+    def messages_received(self) -> int:
+        return self._received_base + sum(self.received_by_qos)
+
+    @messages_received.setter
+    def messages_received(self, value: int) -> None:
+        self._received_base = value - sum(self.received_by_qos)
+
+    @property
+    def messages_sent(self) -> int:
+        return self._sent_base + sum(self.sent_by_qos)
+
+    @messages_sent.setter
+    def messages_sent(self, value: int) -> None:
+        self._sent_base = value - sum(self.sent_by_qos)
+
+    def packets_by_type(self, received: bool) -> dict[type, int]:
+        """Packets received (or sent) by class since the start. PUBLISH comes from the
+        per-QoS counters the hot path keeps anyway (plus, received, the PUBLISHes refused
+        as protocol errors, which ``packets_received`` counts)."""
+        table = dict(self.packets_received if received else self.packets_sent)
+        table[Publish] += sum(self.received_by_qos if received else self.sent_by_qos)
+        return table
+
+    @property
     def packets_received_total(self) -> int:
-        return sum(self.packets_received.values())
+        return sum(self.packets_by_type(True).values())
 
     @property
     def packets_sent_total(self) -> int:
-        return sum(self.packets_sent.values())
+        return sum(self.packets_by_type(False).values())
 
     def as_dict(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in self.SCALARS}

@@ -23,6 +23,7 @@ from ..codec import (
     Packet,
     Property,
     ProtocolViolation,
+    Publish,
     ReasonCode,
     RemoteProtocolError,
     Role,
@@ -250,7 +251,8 @@ class Connection:
         received = self._stats.packets_received
         try:
             while (packet := decoder.next_packet()) is not None:
-                received[type(packet)] += 1
+                if type(packet) is not Publish:  # PUBLISHes are counted by QoS, in the flow
+                    received[type(packet)] += 1
                 if hooks.on_packet_read is not None:
                     try:
                         packet = hooks.on_packet_read(self, packet)

@@ -100,7 +100,8 @@ class Outbox:
             packet = hooks.on_packet_encode(self._owner, packet)
         data = encode(packet, self.level or 4)
         self.write(data)
-        self._sent[type(packet)] += 1
+        if type(packet) is not Publish:  # PUBLISHes are counted by QoS, by the router
+            self._sent[type(packet)] += 1
         if hooks.on_packet_sent is not None:
             hooks.on_packet_sent(self._owner, packet, data)
 
@@ -126,7 +127,6 @@ class Outbox:
                                       alias, known, now))
         else:
             self.write(frame)
-            self._sent[Publish] += 1
         return None
 
     def _frame_aliased(

@@ -73,21 +73,26 @@ class PublishFlow:
         session = conn.session
         assert session is not None
         v5 = conn.v5
-        if v5 and Property.TOPIC_ALIAS in packet.properties:
-            self._resolve_alias(conn, packet)
-        topic = packet.topic
-        self._access.check_topic(topic, ReasonCode.TOPIC_NAME_INVALID)
         limits = self._limits
-        if packet.qos > limits.maximum_qos:
-            raise RemoteProtocolError(
-                ReasonCode.QOS_NOT_SUPPORTED,
-                f"PUBLISH QoS {packet.qos} exceeds the maximum QoS {limits.maximum_qos}",
-            )
-        if packet.retain and not limits.retain_available:
-            raise RemoteProtocolError(ReasonCode.RETAIN_NOT_SUPPORTED,
-                                      "retained PUBLISH but retain is not available")
-        self._stats.messages_received += 1
         stats = self._stats
+        try:
+            if v5 and Property.TOPIC_ALIAS in packet.properties:
+                self._resolve_alias(conn, packet)
+            topic = packet.topic
+            self._access.check_topic(topic, ReasonCode.TOPIC_NAME_INVALID)
+            if packet.qos > limits.maximum_qos:
+                raise RemoteProtocolError(
+                    ReasonCode.QOS_NOT_SUPPORTED,
+                    f"PUBLISH QoS {packet.qos} exceeds the maximum QoS {limits.maximum_qos}",
+                )
+            if packet.retain and not limits.retain_available:
+                raise RemoteProtocolError(ReasonCode.RETAIN_NOT_SUPPORTED,
+                                          "retained PUBLISH but retain is not available")
+        except RemoteProtocolError:
+            # a PUBLISH packet all the same (free when nothing is raised)
+            stats.packets_received[Publish] += 1
+            raise
+        # the messages received (``messages_received`` is their sum)
         stats.received_by_qos[packet.qos] += 1
         stats.received_bytes_by_qos[packet.qos] += len(packet.payload)
         if packet.qos == 2:

@@ -202,9 +202,7 @@ class Router:
             why = outbox.publish(message, 0, retain, 0, subscription_ids, now=now)
             if why is not None:
                 return self.dropped(conn, message, why)
-            stats = self._stats
-            stats.messages_sent += 1
-            stats.sent_by_qos[0] += 1
+            self._stats.sent_by_qos[0] += 1  # messages_sent is the sum
             return None
         session = self._sessions.get(client_id)
         if session is None:
@@ -247,9 +245,7 @@ class Router:
             if hooks.on_qos_dropped is not None:
                 hooks.on_qos_dropped(conn, out.packet_id, why)
             return self.dropped(conn, message, why)
-        stats = self._stats
-        stats.messages_sent += 1
-        stats.sent_by_qos[out.qos] += 1
+        self._stats.sent_by_qos[out.qos] += 1  # messages_sent is the sum
         if hooks.on_qos_publish is not None:
             hooks.on_qos_publish(conn, message, out.packet_id, dup)
         return None

@@ -171,13 +171,19 @@ class HttpConnection:
             status, headers, payload = await self.app.respond(request, body)
             if request.method == b"HEAD":
                 payload = b""
-            try:
-                await self._send(h11.Response(status_code=status, headers=headers,
-                                              reason=_phrase(status)))
-                if payload:
-                    await self._send(h11.Data(data=payload))
-                await self._send(h11.EndOfMessage())
-            except _CLOSED:
+            # a client that does not read its answer is closed like one that does not send
+            with anyio.move_on_after(REQUEST_TIMEOUT) as sending:
+                try:
+                    await self._send(h11.Response(status_code=status, headers=headers,
+                                                  reason=_phrase(status)))
+                    if payload:
+                        await self._send(h11.Data(data=payload))
+                    await self._send(h11.EndOfMessage())
+                except _CLOSED:
+                    return
+            if sending.cancelled_caught:
+                log.info("http client %s did not read its answer within %s s; closing",
+                         self.peer, REQUEST_TIMEOUT)
                 return
             if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                 return
@@ -547,8 +553,8 @@ class BrokerCollector:
         yield GaugeMetricFamily("midge_inflight_messages",
                                 "QoS 1/2 deliveries sent and not yet acknowledged",
                                 value=figures["inflight"])
-        for direction, table in (("received", stats.packets_received),
-                                 ("sent", stats.packets_sent)):
+        for direction, table in (("received", stats.packets_by_type(True)),
+                                 ("sent", stats.packets_by_type(False))):
             packets = CounterMetricFamily(f"midge_packets_{direction}",
                                           f"MQTT packets {direction}, by type", labels=["type"])
             for cls, count in table.items():
