@@ -508,3 +508,20 @@ def test_a_publish_refused_as_a_protocol_error_is_a_packet_not_a_message(
     assert value(after, "midge_messages_received_total", qos="2") == 0
     assert value(before, "midge_packets_received_total", type="CONNECT") == 0
     assert value(after, "midge_packets_received_total", type="CONNECT") == 1
+
+
+def test_an_idle_connection_is_closed_without_an_answer(
+    broker: Observed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_listener, "REQUEST_TIMEOUT", 0.3)
+    with socket.create_connection(("127.0.0.1", broker.http_port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b'{"status":"ok"}' not in answer:
+            answer += sock.recv(65536)
+        # kept alive, then idle past the timeout: closed, no 408 for a request never begun
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert rest == b""

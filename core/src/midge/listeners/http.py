@@ -151,6 +151,8 @@ class HttpConnection:
                 with anyio.fail_after(REQUEST_TIMEOUT):
                     request, body = await self._read_request()
             except TimeoutError:
+                if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+                    return  # an idle kept-alive connection: closed without a word
                 log.info("http client %s sent no complete request within %s s; closing",
                          self.peer, REQUEST_TIMEOUT)
                 await self._error(408, "request timeout")
