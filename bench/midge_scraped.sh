@@ -29,18 +29,30 @@ type = "http"
 host = "127.0.0.1"
 port = $http_port
 TOML
-    # the loop ends with the broker: $$ is the broker's PID once this script execs it.
-    # It runs on the other core (the load generator's): the scraper stands for Prometheus,
-    # which is not the broker's cost; answering it is
+    # the scraper ends with the broker ($$ is the broker's PID once this script execs it).
+    # It stands for Prometheus: one long-lived process on a kept-alive connection, on the
+    # other core (the load generator's), since its own work is not the broker's cost;
+    # answering it is
     broker=$$
     pin=""
     if command -v taskset >/dev/null 2>&1; then pin="taskset -c ${MIDGE_SCRAPER_CPU:-1}"; fi
-    $pin bash -c '
-        broker=$1; http_port=$2
-        while kill -0 "$broker" 2>/dev/null; do
-            curl -s -o /dev/null "http://127.0.0.1:$http_port/metrics" || true
-            curl -s -o /dev/null "http://127.0.0.1:$http_port/stats" || true
-            sleep 1
-        done' scraper "$broker" "$http_port" >/dev/null 2>&1 &
+    $pin python3 -c '
+import http.client, os, sys, time
+broker, port = int(sys.argv[1]), int(sys.argv[2])
+conn = None
+while True:
+    try:
+        os.kill(broker, 0)
+    except OSError:
+        break
+    try:
+        conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        for path in ("/metrics", "/stats"):
+            conn.request("GET", path)
+            conn.getresponse().read()
+    except (OSError, http.client.HTTPException):
+        conn = None
+    time.sleep(1)
+' "$broker" "$http_port" >/dev/null 2>&1 &
 fi
 exec python3 -m midge -q -c "$config"
