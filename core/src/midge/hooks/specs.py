@@ -95,9 +95,10 @@ def on_reload(broker: BrokerHandle) -> None:
 def on_sys_info_tick(broker: BrokerHandle, info: dict[str, Any]) -> None:
     """Every ``sys_interval`` seconds, with the broker's counters.
 
-    ``info`` maps counter names (``clients_connected``, ``messages_received``,
-    ``messages_sent``, ``messages_dropped``, ``uptime`` ...) to numbers. Return value
-    ignored.
+    ``info`` maps mochi-mqtt's sys info names (``clients_connected``,
+    ``messages_received``, ``messages_sent``, ``messages_dropped``, ``bytes_received``,
+    ``uptime`` ... the same as an http listener's ``/stats``) to numbers, ``version`` to
+    a string and ``listeners`` to a list of dicts. Return value ignored.
     """
 
 
