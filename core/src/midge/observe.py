@@ -52,6 +52,8 @@ class Observatory:
         self._state = state
         #: (listener settings, bound addresses), in configuration order
         self._listeners: list[tuple[ListenerSettings, list[tuple[str, int]]]] = []
+        #: a listener's configured label -> the name observers see (port 0 resolved)
+        self._names: dict[str, str] = {}
 
     @property
     def stats(self) -> Stats:
@@ -60,6 +62,9 @@ class Observatory:
     def bound(self, spec: ListenerSettings, addresses: list[tuple[str, int]]) -> None:
         """The shell bound a listener."""
         self._listeners.append((spec, addresses))
+        # a configured name, else the address actually bound
+        self._names[spec.label] = (spec.name or f"{spec.type}://{_address(*addresses[0])}"
+                                   if addresses else spec.label)
 
     # -- figures ---------------------------------------------------------------------------
 
@@ -126,9 +131,7 @@ class Observatory:
         totals = self.stats.connections_by_listener
         return [
             {
-                # a configured name, else the address actually bound (port 0 resolved)
-                "name": spec.name or f"{spec.type}://{_address(*addresses[0])}"
-                if addresses else spec.label,
+                "name": self._names.get(spec.label, spec.label),
                 "type": spec.type,
                 "address": ", ".join(_address(host, port) for host, port in addresses),
                 "connections": now.get(spec.label, 0),
@@ -170,7 +173,7 @@ class Observatory:
         return {
             "id": conn.client_id,
             "username": conn.username,
-            "listener": conn.listener.label,
+            "listener": self._names.get(conn.listener.label, conn.listener.label),
             "address": conn.remote,
             "protocol_level": conn.protocol_level,
             "connected_since": round(since, 3),
