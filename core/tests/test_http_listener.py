@@ -5,6 +5,7 @@ that never disturbs MQTT traffic."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
@@ -526,3 +527,19 @@ def test_an_idle_connection_is_closed_without_an_answer(
             rest += chunk
     assert answer.startswith(b"HTTP/1.1 200 OK")
     assert rest == b""
+
+
+def test_max_connections_refusals_are_counted(
+    observed_factory: Callable[..., Observed],
+) -> None:
+    running = observed_factory(max_connections=1)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=5):
+        wait_for(lambda: value(metrics(running.http_port), "midge_connections",
+                               listener=f"tcp://127.0.0.1:{running.port}") == 1)
+        with (socket.create_connection(("127.0.0.1", running.port), timeout=5) as second,
+              contextlib.suppress(ConnectionResetError)):
+            assert second.recv(1) == b""  # closed at once
+        wait_for(lambda: value(metrics(running.http_port), "midge_connects_refused_total",
+                               reason="max_connections") == 1)
+        # the http listener's own connections are not MQTT connections: it still answers
+        assert get(running.http_port, "/healthz")[0] == 200
