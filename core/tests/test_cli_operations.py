@@ -176,13 +176,17 @@ def test_rate_limit_counts_and_reports_after_the_window() -> None:
                                 'client "c2": protocol error: bad']
         assert messages[3:] == ["another template", "errors always pass 1",
                                 "errors always pass 2"]
+        clock.now = 9
+        limit.tick()  # the window has not ended: nothing yet
+        assert len(handler.records) == 6
         clock.now = 11
-        logger.info("later")
+        limit.tick()  # it has: reported without waiting for another line
         messages = [r.getMessage() for r in handler.records]
-        assert messages[-2] == ('47 similar messages suppressed in the last 10 s; the last: '
+        assert messages[-1] == ('47 similar messages suppressed in the last 10 s; the last: '
                                 'client "c49": protocol error: bad')
-        assert handler.records[-2].levelno == logging.WARNING
-        assert messages[-1] == "later"
+        assert handler.records[-1].levelno == logging.WARNING
+        logger.info("later")
+        assert handler.records[-1].getMessage() == "later"
         # a new window: the template passes again
         logger.warning("client %s: protocol error: %s", '"again"', "bad")
         assert handler.records[-1].getMessage() == 'client "again": protocol error: bad'

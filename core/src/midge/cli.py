@@ -115,7 +115,12 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def serve(broker: Broker, notifier: Notifier | None = None) -> None:
+#: seconds between checks for rate-limited log lines to report
+LOG_REPORT_INTERVAL = 5.0
+
+
+async def serve(broker: Broker, notifier: Notifier | None = None,
+                limiter: RateLimit | None = None) -> None:
     """Run the broker until SIGTERM or SIGINT; SIGHUP reloads. With systemd's
     ``$NOTIFY_SOCKET`` set, tell it READY=1 once the listeners are bound and the stored
     state restored, RELOADING=1 and READY=1 around a reload, STOPPING=1 at the end."""
@@ -141,7 +146,14 @@ async def serve(broker: Broker, notifier: Notifier | None = None) -> None:
             await broker.run(task_status=task_status)
             tg.cancel_scope.cancel()  # stopped: the signal watcher goes too
 
+        async def report_suppressed(limiter: RateLimit) -> None:
+            while True:
+                await anyio.sleep(LOG_REPORT_INTERVAL)
+                limiter.tick()
+
         tg.start_soon(watch_signals)
+        if limiter is not None:
+            tg.start_soon(report_suppressed, limiter)
         await tg.start(run)  # returns once listeners are bound and restore is done
         addresses = ", ".join(f"{host}:{port}" for host, port in broker.addresses)
         notifier.ready(f"serving on {addresses}")
@@ -194,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_fd_limit()
     failures: list[Exception] = []
     try:
-        anyio.run(serve, broker, backend_options=_backend_options())
+        anyio.run(serve, broker, None, limiter, backend_options=_backend_options())
     except* OSError as group:
         # task groups wrap a bind failure in (nested) exception groups
         failures.extend(_leaves(group))

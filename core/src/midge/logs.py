@@ -3,16 +3,17 @@
 The rule: a flood of misbehaving clients must not flood the log. Records that repeat the
 same message template (the same logger, level and format string: "client %s: protocol
 error: %s" from a thousand clients is one template) pass ``burst`` times per ``window``
-seconds; the rest are counted, and the next line after the window says how many similar
-messages were suppressed, quoting the last one. Errors and anything above pass always.
-Structured fields a record carries (``client_id``, ``listener``, ``address``, from
-``extra=``) become JSON fields of their own.
+seconds; the rest are counted, and when the window ends (noticed by the next record or by
+``tick``) a line says how many similar messages were suppressed, quoting the last one.
+Errors and anything above pass always. Structured fields a record carries (``client_id``,
+``listener``, ``address``, from ``extra=``) become JSON fields of their own.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -70,8 +71,10 @@ class RateLimit(logging.Filter):
         self.window = window
         self._clock = clock
         self._seen: dict[tuple[str, int, str], _Seen] = {}
-        #: where reports go (set by ``attach``); None: they ride on the next record
+        #: where reports go (set by ``attach``)
         self._handler: logging.Handler | None = None
+        # records may come from several threads (an embedding program's, a portal's)
+        self._lock = threading.Lock()
 
     def attach(self, handler: logging.Handler) -> RateLimit:
         handler.addFilter(self)
@@ -82,25 +85,31 @@ class RateLimit(logging.Filter):
         if record.levelno >= logging.ERROR or getattr(record, "suppressed", None) is not None:
             return True
         now = self._clock()
-        self._report_expired(now)
+        self.tick(now)
         key = (record.name, record.levelno, str(record.msg))
-        seen = self._seen.get(key)
-        if seen is None:
-            if len(self._seen) > 10_000:  # bounded: forget the oldest templates
-                for old in list(self._seen)[:5000]:
-                    self._seen.pop(old)
-            seen = self._seen[key] = _Seen(now)
-        if seen.passed < self.burst:
-            seen.passed += 1
-            return True
-        seen.suppressed += 1
-        seen.last = record
-        return False
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is None:
+                if len(self._seen) > 10_000:  # bounded: forget the oldest templates
+                    for old in list(self._seen)[:5000]:
+                        self._seen.pop(old)
+                seen = self._seen[key] = _Seen(now)
+            if seen.passed < self.burst:
+                seen.passed += 1
+                return True
+            seen.suppressed += 1
+            seen.last = record
+            return False
 
-    def _report_expired(self, now: float) -> None:
-        expired = [key for key, seen in self._seen.items() if now - seen.start >= self.window]
-        for key in expired:
-            seen = self._seen.pop(key)
+    def tick(self, now: float | None = None) -> None:
+        """Report the windows that ended by ``now`` (the CLI calls this every few
+        seconds, so a report does not wait for the next log line)."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            expired = [key for key, seen in self._seen.items()
+                       if now - seen.start >= self.window]
+            ended = [self._seen.pop(key) for key in expired]
+        for seen in ended:
             if seen.suppressed:
                 self._report(seen)
 
@@ -121,7 +130,8 @@ class RateLimit(logging.Filter):
 
     def flush_suppressed(self) -> None:
         """Report every count still pending (the process is stopping)."""
-        seen_all, self._seen = self._seen, {}
+        with self._lock:
+            seen_all, self._seen = self._seen, {}
         for seen in seen_all.values():
             if seen.suppressed:
                 self._report(seen)
