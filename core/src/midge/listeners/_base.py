@@ -71,7 +71,8 @@ class Acceptor:
         (``max_connections`` reached)."""
         if len(self._opener.connections) >= self._max:
             log.warning("refusing connection from %s:%s on %s: max_connections %d reached",
-                        host, port, listener.label, self._max)
+                        host, port, listener.label, self._max,
+                        extra={"listener": listener.label, "address": f"{host}:{port}"})
             self._opener.stats.refused("max_connections")
             return None
         return self._opener.open(driver, listener, host, port)
