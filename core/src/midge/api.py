@@ -168,3 +168,33 @@ class BrokerHandle(Protocol):
         """Run ``func(*args)`` in the broker's plugin task group: it starts at once
         (call it from ``on_started``, which runs after restore and before the first
         client is accepted) and is cancelled after the clients are gone at shutdown."""
+
+
+class Observer(Protocol):
+    """What the http listener may read of the broker (``Acceptor.observer``): figures
+    and views computed when asked, never a handle to change anything."""
+
+    @property
+    def stats(self) -> Stats:
+        """The broker's counters (read them; never change them)."""
+
+    def sys_info(self) -> dict[str, Any]:
+        """The broker's figures under mochi-mqtt's names (``/stats``, ``$SYS``)."""
+
+    def figures(self) -> dict[str, Any]:
+        """What ``/metrics`` exposes beyond the counters: ``sessions``,
+        ``subscriptions``, ``retained``, ``queued`` and ``queued_max`` (session queue
+        depth), ``inflight``, and ``listeners`` (see ``listeners_info``)."""
+
+    def listeners_info(self) -> list[dict[str, Any]]:
+        """Each listener: ``name``, ``type``, ``address``, ``connections`` (now) and
+        ``connections_total``."""
+
+    def clients_info(self, prefix: str = "") -> list[dict[str, Any]]:
+        """The connected clients whose id starts with ``prefix``, sorted by id."""
+
+    def client_info(self, client_id: str) -> dict[str, Any] | None:
+        """One connected client with its subscriptions and their options, or None."""
+
+    async def not_ready(self) -> str | None:
+        """Why the broker is not ready to serve (None: it is)."""

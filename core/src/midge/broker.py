@@ -28,6 +28,7 @@ from .hooks.builtin import ListenerAccess, SysPublisher
 from .inline import Callback, Inline, InlineSubscription
 from .listeners import REGISTRY, Acceptor, Listener
 from .message import Message
+from .observe import Observatory
 from .stats import Stats
 
 log = logging.getLogger("midge.broker")
@@ -79,6 +80,10 @@ class Broker:
         #: the shutdown sequence ends them, in its order, whatever cancels the caller
         self._task_scopes: set[anyio.CancelScope] = set()
         self._worker_scopes: set[anyio.CancelScope] = set()
+        #: why the broker is not serving (None: it is), for /readyz
+        self._not_ready: str | None = "starting"
+        #: the broker's figures for observers (the http listener, $SYS)
+        self.observatory = Observatory(self.engine, self.hooks, lambda: self._not_ready, self)
 
     @property
     def stats(self) -> Stats:
@@ -102,7 +107,9 @@ class Broker:
                 "(activate one, e.g. [plugins.auth_allow] or [plugins.auth_ledger])"
             )
         try:
+            self._not_ready = "restoring stored state"
             await self._restore()
+            self._not_ready = "binding listeners"
             await self._bind()
             for _ in range(3):
                 group = anyio.create_task_group()
@@ -116,6 +123,7 @@ class Broker:
             await hooks.call_awaiting(hooks.on_started, self)
             for listener in self._listeners:
                 await listener.start(self._groups[2])
+            self._not_ready = None
         except BaseException:
             await self._unwind()
             raise
@@ -140,10 +148,12 @@ class Broker:
 
     async def _bind(self) -> None:
         acceptor = Acceptor(self.engine, self.limits.max_connections,
-                            self.limits.max_pending_per_address, self.limits.connect_timeout)
+                            self.limits.max_pending_per_address, self.limits.connect_timeout,
+                            self.observatory)
         for spec in self.settings.listeners:
             listener = await REGISTRY[spec.type](acceptor, spec)
             self._listeners.append(listener)
+            self.observatory.bound(spec, listener.addresses)
             for host, port in listener.addresses:
                 self.addresses.append((host, port))
                 where = f"unix:{host}" if spec.type == "unix" else f"{host}:{port}"
@@ -156,6 +166,7 @@ class Broker:
         # ``move_on_after`` around ``async with Broker()``) still gets a graceful stop;
         # the task groups are left outside the shields, in the scopes they were entered
         timeout = self.limits.shutdown_timeout
+        self._not_ready = "shutting down"
         await self._close_listeners()
         engine = self.engine
         log.info("shutting down: closing %d connections", len(engine.connections))
@@ -359,9 +370,10 @@ class Broker:
         self.engine.forget_acl_decisions()
 
     def sys_info(self) -> dict[str, Any]:
-        """The counters given to ``on_sys_info_tick``."""
-        info: dict[str, Any] = self.stats.as_dict()
-        info["uptime"] = int(time.time() - self.stats.started)
+        """The counters given to ``on_sys_info_tick``: mochi-mqtt's sys info names
+        (``/stats`` shows the same), and the older keys ``sessions``,
+        ``connections_total`` and ``retained_messages``."""
+        info: dict[str, Any] = self.observatory.sys_info()
         info.update(self.engine.counts())
         return info
 

@@ -9,37 +9,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import resource
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 
 from ._version import __version__
 from .broker import Broker
 from .config import ConfigError, Settings, load
-from .hooks import PluginError
+from .hooks import PluginError, discover
+from .logs import JsonFormatter, RateLimit
+from .systemd import Notifier
 
 log = logging.getLogger("midge")
 
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+#: the plugin ``--trace`` activates (with its defaults: credentials redacted)
+TRACE_PLUGIN = "debug"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     parser.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="log line format"
+        "--log-format", choices=("text", "json"), default="text",
+        help="log line format (json: one object per line, with client_id, listener and "
+        "address fields on lines about a client)",
+    )
+    parser.add_argument(
+        "--trace", action="store_true",
+        help="log every MQTT packet in and out (the debug plugin with its defaults: "
+        "payloads hidden, passwords and authentication data redacted)",
     )
     parser.add_argument("--version", action=VersionAction, nargs=0,
                         help="show the version of midge and of the installed plugins")
@@ -80,7 +78,8 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
-def configure_logging(verbose: int, quiet: bool, fmt: str) -> None:
+def configure_logging(verbose: int, quiet: bool, fmt: str) -> RateLimit:
+    """Log to stderr; repeated warnings are rate limited (see ``midge.logs``)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -94,6 +93,7 @@ def configure_logging(verbose: int, quiet: bool, fmt: str) -> None:
     logging.getLogger("midge.clients").setLevel(
         logging.NOTSET if verbose or quiet else logging.WARNING
     )
+    return RateLimit().attach(handler)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -101,14 +101,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settings = load(args.config)
         if args.port is not None:
             settings = settings.with_port(args.port)
-        return settings
+        return with_trace(settings) if args.trace else settings
     settings = Settings.default(args.port if args.port is not None else 1883)
     log.warning(
         "no configuration file: listening on 127.0.0.1:%d only, anonymous clients allowed "
         "(use -c FILE to configure listeners and authentication)",
         settings.listeners[0].port,
     )
-    return settings
+    return with_trace(settings) if args.trace else settings
+
+
+def with_trace(settings: Settings) -> Settings:
+    """``--trace``: the debug plugin, unless the file configures it already."""
+    if TRACE_PLUGIN in settings.plugins:
+        return settings
+    if TRACE_PLUGIN not in discover():
+        raise ConfigError("--trace", "", "needs the debug plugin: pip install midge-debug "
+                          "(./plugins/debug from a checkout)")
+    return replace(settings, plugins={**settings.plugins, TRACE_PLUGIN: {}})
 
 
 def raise_fd_limit() -> None:
@@ -120,7 +130,16 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def serve(broker: Broker) -> None:
+#: seconds between checks for rate-limited log lines to report
+LOG_REPORT_INTERVAL = 5.0
+
+
+async def serve(broker: Broker, notifier: Notifier | None = None,
+                limiter: RateLimit | None = None) -> None:
+    """Run the broker until SIGTERM or SIGINT; SIGHUP reloads. With systemd's
+    ``$NOTIFY_SOCKET`` set, tell it READY=1 once the listeners are bound and the stored
+    state restored, RELOADING=1 and READY=1 around a reload, STOPPING=1 at the end."""
+    notifier = notifier or Notifier()
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
@@ -130,14 +149,29 @@ async def serve(broker: Broker) -> None:
                 async for signum in signals:
                     log.info("received %s", signal.Signals(signum).name)
                     if signum == signal.SIGHUP:
+                        notifier.reloading()
                         await broker.reload()
+                        notifier.ready("reloaded")
                         continue
+                    notifier.stopping()
                     broker.shutdown()
                     return
 
+        async def run(*, task_status: TaskStatus[Broker] = anyio.TASK_STATUS_IGNORED) -> None:
+            await broker.run(task_status=task_status)
+            tg.cancel_scope.cancel()  # stopped: the signal watcher goes too
+
+        async def report_suppressed(limiter: RateLimit) -> None:
+            while True:
+                await anyio.sleep(LOG_REPORT_INTERVAL)
+                limiter.tick()
+
         tg.start_soon(watch_signals)
-        await broker.run()
-        tg.cancel_scope.cancel()
+        if limiter is not None:
+            tg.start_soon(report_suppressed, limiter)
+        await tg.start(run)  # returns once listeners are bound and restore is done
+        addresses = ", ".join(f"{host}:{port}" for host, port in broker.addresses)
+        notifier.ready(f"serving on {addresses}")
 
 
 def _backend_options() -> dict[str, Any]:
@@ -170,9 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return passwd(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose, args.quiet, args.log_format)
+    limiter = configure_logging(args.verbose, args.quiet, args.log_format)
     if args.port is not None and not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not in 0..65535")
+    log.info("midge %s starting", __version__)
     try:
         settings = settings_from(args)
     except ConfigError as exc:
@@ -184,16 +219,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"midge: {settings.source}: {exc}\n")
         return 2
     raise_fd_limit()
-    log.info("midge %s starting", __version__)
     failures: list[Exception] = []
     try:
-        anyio.run(serve, broker, backend_options=_backend_options())
+        anyio.run(serve, broker, None, limiter, backend_options=_backend_options())
     except* OSError as group:
         # task groups wrap a bind failure in (nested) exception groups
         failures.extend(_leaves(group))
     except* KeyboardInterrupt:
         pass
+    finally:
+        limiter.flush_suppressed()
     if failures:
-        log.error("cannot start: %s", failures[0])
+        failure = failures[0]
+        # an OSError's text without "[Errno N]": the message already says what failed
+        log.error("cannot start: %s", failure.strerror or failure
+                  if isinstance(failure, OSError) else failure)
         return 1
     return 0

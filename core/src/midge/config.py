@@ -7,13 +7,15 @@ or coerced.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 MAX_PACKET_SIZE = 268_435_455
-LISTENER_TYPES = ("tcp", "tls", "ws", "wss", "unix")
+LISTENER_TYPES = ("tcp", "tls", "ws", "wss", "unix", "http")
 #: listener types that terminate TLS (and take the TLS keys)
 TLS_TYPES = ("tls", "wss")
 #: listener types that speak WebSocket
@@ -32,7 +34,13 @@ _TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "mode": ("unix",),
     "path": ("unix", *WS_TYPES),
     "proxy_protocol": ("tcp", "tls", "ws", "wss"),
+    "auth": ("http",),
+    "public": ("http",),
 }
+#: the http listener's port when the configuration names none
+HTTP_PORT = 8080
+#: stored password schemes the http listener verifies (the auth_ledger's formats)
+PASSWORD_SCHEMES = ("pbkdf2_sha256", "pbkdf2_sha512", "scrypt")
 
 
 class ConfigError(Exception):
@@ -175,6 +183,17 @@ class BrokerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpAuth:
+    """``[listeners.auth]`` of an http listener: basic authentication with a user name
+    and a stored password hash, and/or a bearer token."""
+
+    username: str = ""
+    #: ``pbkdf2_sha256$...``, ``pbkdf2_sha512$...`` or ``scrypt$...`` (``midge passwd``)
+    password_hash: str = ""
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSettings:
     """One ``[[listeners]]`` entry (``parse`` checks which keys a type takes)."""
 
@@ -214,6 +233,10 @@ class ListenerSettings:
     trust_forwarded: bool = False
     # -- unix
     mode: int = _limit(0o660, 0, 0o777, "permissions of the socket file")
+    #: http: serve a non-loopback address without ``auth`` (an explicit choice)
+    public: bool = False
+    #: http: who may read it (None: anyone who can reach it)
+    auth: HttpAuth | None = None
 
     @property
     def label(self) -> str:
@@ -305,8 +328,24 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Settings:
                 "not a configuration key: with a configuration file, access is decided by "
                 "plugins; activate [plugins.auth_allow] to let every client in",
             )
+        raw = dict(raw)
+        raw_auth = raw.pop("auth", None)
         listener = _table(ListenerSettings, raw, source, where)
-        listeners.append(_check_listener(listener, raw, source, where))
+        if raw_auth is not None:
+            raw["auth"] = raw_auth  # for the check of which type takes which key
+            listener = replace(listener, auth=_http_auth(raw_auth, source, f"{where}.auth"))
+        if listener.type == "http" and "port" not in raw:
+            listener = replace(listener, port=HTTP_PORT)
+        listener = _check_listener(listener, raw, source, where)
+        if (listener.type == "http" and listener.auth is None and not listener.public
+                and not is_loopback(listener.host)):
+            raise ConfigError(
+                source, f"{where}.host",
+                f"an http listener on {listener.host} without [listeners.auth] would show "
+                "every client to anyone who can reach it; add an auth table, bind "
+                "127.0.0.1, or set public = true",
+            )
+        listeners.append(listener)
     if not listeners:
         raise ConfigError(source, "listeners", "at least one [[listeners]] table is required")
     seen: set[tuple[str, int]] = set()
@@ -376,6 +415,55 @@ def _check_listener(listener: ListenerSettings, raw: dict[str, Any], source: str
                               "needs require_certificate = true (without a certificate "
                               "there is no identity)")
     return listener
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _secret(value: Any, source: str, name: str) -> str:
+    """A string, or ``{env = "NAME"}`` / ``{file = "path"}`` naming where it is."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1 and "env" in value:
+        found = os.environ.get(str(value["env"]))
+        if found is None:
+            raise ConfigError(source, name, f"environment variable {value['env']!r} is not set")
+        return found
+    if isinstance(value, dict) and len(value) == 1 and "file" in value:
+        try:
+            return Path(str(value["file"])).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(source, name, f"cannot read secret file {value['file']!r}: "
+                              f"{exc.strerror}") from None
+    raise ConfigError(source, name, 'must be a string, {env = "NAME"} or {file = "path"}')
+
+
+def _http_auth(raw: Any, source: str, where: str) -> HttpAuth:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, where, "must be a table ([listeners.auth])")
+    _only(raw, {"username", "password_hash", "token"}, source, where)
+    values = {key: _secret(value, source, f"{where}.{key}") for key, value in raw.items()}
+    auth = HttpAuth(**values)
+    if bool(auth.username) != bool(auth.password_hash):
+        raise ConfigError(source, where, "username and password_hash go together")
+    if not auth.username and not auth.token:
+        raise ConfigError(source, where, "needs username and password_hash, or token")
+    if auth.password_hash:
+        scheme = auth.password_hash.split("$", 1)[0]
+        if scheme not in PASSWORD_SCHEMES:
+            raise ConfigError(
+                source, f"{where}.password_hash",
+                f"not a password hash this listener verifies; allowed schemes: "
+                f"{', '.join(PASSWORD_SCHEMES)} (make one with 'midge passwd')",
+            )
+    return auth
 
 
 def _only(table: dict[str, Any], allowed: set[str], source: str, where: str) -> None:

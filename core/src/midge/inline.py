@@ -66,7 +66,7 @@ class InlineSubscription:
             self._send.send_nowait(message)
         except anyio.WouldBlock:
             self.dropped += 1
-            self._inline.engine.stats.messages_dropped += 1
+            self._inline.engine.stats.dropped("inline subscriber buffer full")
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
 

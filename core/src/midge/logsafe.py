@@ -10,6 +10,7 @@ given.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 #: characters of a client-controlled field kept in a log line; the rest is summarised
@@ -25,6 +26,15 @@ def _escape(char: str) -> str:
         return char
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def quoted(client_id: str, limit: int = FIELD_LIMIT) -> str:
+    """A client id for a log line: in double quotes (an id may hold spaces, or be a word
+    like "client"), with quotes and control characters escaped and the length capped, so
+    that no id reads as part of the sentence or forges a line."""
+    if len(client_id) <= limit:
+        return json.dumps(client_id, ensure_ascii=False)
+    return f"{json.dumps(client_id[:limit], ensure_ascii=False)}...({len(client_id)} characters)"
 
 
 def safe(value: object, limit: int = FIELD_LIMIT) -> str:

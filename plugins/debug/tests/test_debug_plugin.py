@@ -37,6 +37,7 @@ class Client:
     username: str | None = "sensor"
     remote: str = "192.0.2.1:4000"
     remote_host: str = "192.0.2.1"
+    protocol_level: int = 5
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -58,9 +59,9 @@ def test_packets_in_and_out_one_line_each(caplog: pytest.LogCaptureFixture) -> N
     assert read(plugin, publish) is publish
     plugin.on_packet_sent(Client(), PubAck(packet_id=3), b"\x40\x02\x00\x03")
     assert lines(caplog) == [
-        "dev-7 <- PUBLISH topic='a/b' payload=<5 bytes> qos=1 retain=False dup=False "
+        "\"dev-7\" <- PUBLISH topic='a/b' payload=<5 bytes> qos=1 retain=False dup=False "
         "packet_id=3",
-        "dev-7 -> PUBACK packet_id=3 reason_code=0 (4 bytes)",
+        "\"dev-7\" -> PUBACK packet_id=3 reason_code=0x00 (4 bytes)",
     ]
     assert all("\n" not in line for line in lines(caplog))
     assert {r.levelno for r in caplog.records} == {logging.INFO}
@@ -93,7 +94,7 @@ def test_connect_password_never_shown(caplog: pytest.LogCaptureFixture) -> None:
                                  Property.AUTHENTICATION_DATA: b"proof-bytes"})
     assert read(plugin, packet, Client(client_id="")) is packet
     (line,) = lines(caplog)
-    assert line.startswith("dev-7 <- CONNECT client_id='dev-7' protocol=MQTT/5 clean_start")
+    assert line.startswith("\"dev-7\" <- CONNECT client_id='dev-7' protocol=MQTT/5 clean_start")
     assert "username='sensor'" in line
     assert "password=<redacted>" in line
     assert "authentication_method='SCRAM-SHA-1'" in line
@@ -135,9 +136,9 @@ def test_subscribe_and_suback(caplog: pytest.LogCaptureFixture) -> None:
         Subscription("a/#", qos=1), Subscription("b", qos=0, no_local=True, retain_handling=2)]))
     plugin.on_packet_sent(Client(), SubAck(packet_id=5, reason_codes=[1, 0]), b"12345")
     sub, ack = lines(caplog)
-    assert sub == ("dev-7 <- SUBSCRIBE packet_id=5 subscriptions=['a/#' qos=1, "
+    assert sub == ("\"dev-7\" <- SUBSCRIBE packet_id=5 subscriptions=['a/#' qos=1, "
                    "'b' qos=0 no_local retain_handling=2]")
-    assert ack == "dev-7 -> SUBACK packet_id=5 reason_codes=[1, 0] (5 bytes)"
+    assert ack == "\"dev-7\" -> SUBACK packet_id=5 reason_codes=[0x01, 0x00] (5 bytes)"
 
 
 def test_connack_and_disconnect(caplog: pytest.LogCaptureFixture) -> None:
@@ -146,9 +147,9 @@ def test_connack_and_disconnect(caplog: pytest.LogCaptureFixture) -> None:
                                            properties={Property.RECEIVE_MAXIMUM: 20}), b"x")
     read(plugin, Disconnect(reason_code=4))
     connack, disconnect = lines(caplog)
-    assert connack == ("dev-7 -> CONNACK reason_code=0 session_present=True "
+    assert connack == ("\"dev-7\" -> CONNACK reason_code=0x00 session_present=True "
                        "properties={receive_maximum=20} (1 bytes)")
-    assert disconnect == "dev-7 <- DISCONNECT reason_code=4"
+    assert disconnect == "\"dev-7\" <- DISCONNECT reason_code=0x04"
 
 
 def test_pings_hidden_by_default(caplog: pytest.LogCaptureFixture) -> None:
@@ -159,7 +160,7 @@ def test_pings_hidden_by_default(caplog: pytest.LogCaptureFixture) -> None:
     loud = DebugPlugin({"show_pings": True})
     read(loud, PingReq())
     loud.on_packet_sent(Client(), PingResp(), b"\xd0\x00")
-    assert lines(caplog) == ["dev-7 <- PINGREQ", "dev-7 -> PINGRESP (2 bytes)"]
+    assert lines(caplog) == ["\"dev-7\" <- PINGREQ", "\"dev-7\" -> PINGRESP (2 bytes)"]
 
 
 def test_level_debug(caplog: pytest.LogCaptureFixture) -> None:
@@ -200,3 +201,36 @@ def test_config_errors_name_the_key(table: dict[str, Any], key: str, message: st
 def test_entry_point() -> None:
     (ep,) = [ep for ep in entry_points(group="midge.plugins") if ep.name == "debug"]
     assert ep.load() is DebugPlugin
+
+
+def test_v3_packets_show_only_v3_fields(caplog: pytest.LogCaptureFixture) -> None:
+    plugin = DebugPlugin({})
+    v3 = Client(client_id="old", protocol_level=4)
+    plugin.on_packet_sent(v3, ConnAck(reason_code=5), b"\x20\x02\x00\x05")
+    plugin.on_packet_sent(v3, PubAck(packet_id=9), b"\x40\x02\x00\x09")
+    plugin.on_packet_sent(v3, SubAck(packet_id=2, reason_codes=[1, 0x80]), b"12345")
+    read(plugin, Disconnect(), v3)
+    assert lines(caplog) == [
+        '"old" -> CONNACK return_code=5 session_present=False (4 bytes)',
+        '"old" -> PUBACK packet_id=9 (4 bytes)',
+        '"old" -> SUBACK packet_id=2 return_codes=[0x01, 0x80] (5 bytes)',
+        '"old" <- DISCONNECT',
+    ]
+
+
+def test_reason_codes_read_one_way_enum_or_int(caplog: pytest.LogCaptureFixture) -> None:
+    from midge.codec import ReasonCode
+
+    plugin = DebugPlugin({})
+    plugin.on_packet_sent(Client(), PubAck(3, ReasonCode.NOT_AUTHORIZED), b"x")
+    plugin.on_packet_sent(Client(), PubAck(4, 0x87), b"x")
+    first, second = lines(caplog)
+    assert "reason_code=0x87" in first and "reason_code=0x87" in second
+    assert "ReasonCode" not in first
+
+
+def test_qos0_publish_has_no_packet_id(caplog: pytest.LogCaptureFixture) -> None:
+    plugin = DebugPlugin({})
+    read(plugin, Publish(topic="t", payload=b"x", qos=0))
+    assert lines(caplog) == ['"dev-7" <- PUBLISH topic=\'t\' payload=<1 bytes> qos=0 '
+                             'retain=False dup=False']

@@ -35,6 +35,7 @@ from ._state import State
 if TYPE_CHECKING:
     from ..config import BrokerSettings
     from ..hooks import Hooks
+    from ..stats import Stats
     from ._access import Access
     from ._connection import Connection
     from ._router import Router
@@ -71,9 +72,11 @@ class ConnectFlow:
     """CONNECT, the AUTH exchange of CONNECT, and re-authentication after it."""
 
     def __init__(self, limits: BrokerSettings, hooks: Hooks, registry: Registry,
-                 router: Router, clock: Callable[[], float], access: Access) -> None:
+                 router: Router, clock: Callable[[], float], access: Access,
+                 stats: Stats) -> None:
         self._limits = limits
         self._access = access
+        self._stats = stats
         #: refusal warnings: a burst, then a count of the ones held back
         self._refusals = Throttle(clock)
         self._hooks = hooks
@@ -99,6 +102,7 @@ class ConnectFlow:
         limits = self._limits
         conn.state = State.CONNECTING
         if len(cid.encode()) > limits.max_client_id_length:
+            conn.client_id = cid
             return self._refuse(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
         if not cid:
             # v5 assigns an id whatever Clean Start says [MQTT-3.1.3-6]; 3.1.1 only for a
@@ -107,7 +111,7 @@ class ConnectFlow:
                 return self._refuse(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
                                     "empty client id without clean session")
             cid = "midge" + uuid.uuid4().hex[:18]
-            assigned = True
+            assigned = conn.id_assigned = True
         conn.client_id = cid
         # a transport-established identity (TLS use_identity_as_username) wins
         conn.username = packet.username if conn.identity is None else conn.identity
@@ -248,6 +252,7 @@ class ConnectFlow:
             "client %s connected from %s on %s (MQTT %s, clean=%s, keepalive=%d, "
             "session present=%s)", conn.name, conn.remote, conn.listener.label,
             _LEVELS[level], packet.clean_start, pending.keepalive, present,
+            extra=conn.log_fields,
         )
         if hooks.on_session_established is not None:
             hooks.on_session_established(conn, packet)
@@ -280,18 +285,27 @@ class ConnectFlow:
 
     def _refuse(self, conn: Connection, reason: ReasonCode, why: str) -> Ask | None:
         """Answer CONNACK ``reason`` and close; nothing more is asked (None)."""
-        # a stranger can cause this line at will: throttled, and every field escaped
-        if self._refusals.allow():
-            log.warning("client %s from %s refused: %s (0x%02X)%s", conn.name, conn.remote,
-                        safe(why, 256), int(reason), self._refusals.take_suppressed())
+        # the log names the client as it asked to be named (not by an id the broker
+        # would have assigned), and gives the code the client was actually sent
+        if conn.client_id and not conn.id_assigned:
+            who = f"client {conn.name} from {conn.remote}"
         else:
-            log.debug("client %s from %s refused: %s (0x%02X)", conn.name, conn.remote,
-                      safe(why, 256), int(reason))
+            who = f"client with an empty client id from {conn.remote}"
         conn.close_reason = f"refused: {why}"
         if conn.v5:
             conn.send(ConnAck(reason))
+            code = f"CONNACK 0x{int(reason):02X}"
         else:
-            conn.send(ConnAck(connack_code_v3(reason)))
+            v3_code = connack_code_v3(reason)
+            conn.send(ConnAck(v3_code))
+            code = f"CONNACK return code {v3_code}"
+        self._stats.refused(reason.name.lower())
+        # a stranger can cause this line at will: throttled, and every field escaped
+        if self._refusals.allow():
+            log.warning("%s refused: %s (%s)%s", who, safe(why, 256), code,
+                        self._refusals.take_suppressed(), extra=conn.log_fields)
+        else:
+            log.debug("%s refused: %s (%s)", who, safe(why, 256), code, extra=conn.log_fields)
         # a refusal ends the connection, also when it answers an AUTH of the exchange
         conn.close(None, conn.close_reason)
         return None
@@ -368,7 +382,7 @@ class ConnectFlow:
                          error: BaseException | None) -> None:
         if isinstance(error, Refuse):
             log.warning("client %s: re-authentication refused (0x%02X)", conn.name,
-                        int(error.reason_code))
+                        int(error.reason_code), extra=conn.log_fields)
             why = error.reason or "re-authentication failed"
             conn.close(error.reason_code, why, reason=why)
             return
@@ -378,7 +392,7 @@ class ConnectFlow:
             return
         if answer is packet or not isinstance(answer, Auth):
             log.warning("client %s: no plugin answered re-authentication with %r",
-                        conn.name, method)
+                        conn.name, method, extra=conn.log_fields)
             why = "authentication method not supported"
             conn.close(ReasonCode.BAD_AUTHENTICATION_METHOD, why, reason=why)
             return
@@ -389,7 +403,7 @@ class ConnectFlow:
             return
         conn.reauthenticating = code == ReasonCode.CONTINUE_AUTHENTICATION
         if code == ReasonCode.SUCCESS:
-            clients_log.info("client %s re-authenticated", conn.name)
+            clients_log.info("client %s re-authenticated", conn.name, extra=conn.log_fields)
         conn.send(Auth(code, self._auth_props(conn, answer, method)))
 
     @staticmethod

@@ -22,6 +22,7 @@ from ..codec import (
     Packet,
     Property,
     ProtocolViolation,
+    Publish,
     ReasonCode,
     RemoteProtocolError,
     Role,
@@ -29,7 +30,7 @@ from ..codec import (
     connack_code_v3,
 )
 from ..errors import DropPacket
-from ..logsafe import Throttle, safe
+from ..logsafe import Throttle, quoted, safe
 from ._outbox import Driver, Outbox
 from ._state import ALLOWED, State
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from ..config import ListenerSettings
     from ..hooks import Hooks
     from ..session import Session
+    from ..stats import Stats
     from ._ask import Ask
 
 log = logging.getLogger("midge.connection")
@@ -67,31 +69,34 @@ class Connection:
     """A client's network connection, from accept to close (``midge.Client`` to hooks)."""
 
     __slots__ = (
-        "_clock", "_ended", "_owner", "acl_cache", "aliases_in", "auth_method", "certificate",
-        "clean_disconnect", "client_id", "close_reason", "decoder", "hooks", "identity",
-        "keepalive",
-        "last_seen", "listener", "opened", "outbox", "problem_info", "reauthenticating",
-        "remote", "remote_host", "remote_port", "session", "state", "username", "will",
+        "_clock", "_ended", "_owner", "_stats", "acl_cache", "aliases_in", "auth_method",
+        "certificate", "clean_disconnect", "client_id", "close_reason", "decoder", "hooks",
+        "id_assigned", "identity", "keepalive", "last_seen", "listener", "opened", "outbox",
+        "problem_info", "reauthenticating", "remote", "remote_host", "remote_port", "session",
+        "state", "username", "will",
     )
 
     def __init__(
         self, owner: Owner, driver: Driver, listener: ListenerSettings, host: str, port: int,
-        *, hooks: Hooks, clock: Callable[[], float], max_packet_size: int,
+        *, hooks: Hooks, clock: Callable[[], float], max_packet_size: int, stats: Stats,
         certificate: PeerCertificate | None = None, identity: str | None = None,
     ) -> None:
         self._owner = owner
         self._clock = clock
+        self._stats = stats
         self.hooks = hooks
         self.listener = listener
         self.remote_host = host
         self.remote_port = port
         self.remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.state = State.AWAITING_CONNECT
-        self.outbox = Outbox(driver, hooks, self)
+        self.outbox = Outbox(driver, hooks, self, stats)
         self.decoder = Decoder(Role.SERVER, max_packet_size=max_packet_size)
         #: (topic, write) -> ACL decision, kept until a reload
         self.acl_cache: dict[tuple[str, bool], bool] = {}
         self.client_id = ""
+        #: the broker assigned ``client_id`` (CONNECT had an empty one)
+        self.id_assigned = False
         self.username: str | None = None
         #: the verified TLS client certificate (the listener extracted it)
         self.certificate = certificate
@@ -119,8 +124,18 @@ class Connection:
 
     @property
     def name(self) -> str:
-        """The client id once known, else the remote address, for log lines."""
-        return safe(self.client_id) if self.client_id else f"<{self.remote}>"
+        """The client id once known, quoted (an id may hold spaces, or be a word like
+        "client"), else the remote address, for log lines."""
+        if self.client_id:
+            return quoted(self.client_id)
+        return f"<{self.remote}>"
+
+    @property
+    def log_fields(self) -> dict[str, str]:
+        """The client's id, listener and address as log record fields (``extra=``), which
+        ``--log-format json`` writes as fields of their own."""
+        return {"client_id": self.client_id, "listener": self.listener.label,
+                "address": self.remote}
 
     @property
     def protocol_level(self) -> int:
@@ -143,7 +158,9 @@ class Connection:
 
     def take_output(self) -> tuple[bytes, int]:
         """What to write now, as one buffer, and how many frames it holds."""
-        return self.outbox.take()
+        taken = self.outbox.take()
+        self._stats.bytes_sent += len(taken[0])
+        return taken
 
     # -- ending ----------------------------------------------------------------------------
 
@@ -178,6 +195,7 @@ class Connection:
                 log.warning(
                     "client %s: connection closed in the middle of a packet "
                     "(%d bytes of it received)", self.name, self.decoder.buffered,
+                    extra=self.log_fields,
                 )
                 self.close_reason = "connection closed in the middle of a packet"
             else:
@@ -207,6 +225,7 @@ class Connection:
         if self.closing:
             return None
         self.last_seen = self._clock()
+        self._stats.bytes_received += len(data)
         self.decoder.feed(data)
         return self._process()
 
@@ -234,8 +253,11 @@ class Connection:
         hooks = self.hooks
         decoder = self.decoder
         handlers = self._owner.handlers
+        received = self._stats.packets_received
         try:
             while (packet := decoder.next_packet()) is not None:
+                if type(packet) is not Publish:  # PUBLISHes are counted by QoS, in the flow
+                    received[type(packet)] += 1
                 if hooks.on_packet_read is not None:
                     try:
                         packet = hooks.on_packet_read(self, packet)
@@ -268,6 +290,7 @@ class Connection:
         log.error(
             "client %s: internal error; closing its connection", self.name,
             exc_info=True,  # noqa: LOG014 - always called from an except block
+            extra=self.log_fields,
         )
         self.close(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
 
@@ -276,7 +299,8 @@ class Connection:
         throttle = None if self.state is State.CONNECTED else self._owner.strangers_log
         if throttle is None or throttle.allow():
             log.warning("client %s: protocol error: %s%s", self.name, safe(exc, 256),
-                        throttle.take_suppressed() if throttle is not None else "")
+                        throttle.take_suppressed() if throttle is not None else "",
+                        extra=self.log_fields)
         else:
             log.debug("client %s: protocol error: %s", self.name, safe(exc, 256))
         self.close_reason = f"protocol error: {exc.message}"

@@ -72,7 +72,7 @@ class Engine:
                                  clients)
         self.registry.access = self.access
         self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock,
-                                        self.access)
+                                        self.access, self.stats)
         publish = PublishFlow(limits, hooks, self.stats, self.access, self.router, clock)
         subscribe = SubscribeFlow(limits, hooks, self.access, self.router)
         #: packet type -> what it does (the state table has already allowed it)
@@ -122,11 +122,14 @@ class Engine:
                           clock=self.clock,
                           max_packet_size=min(limits.max_packet_size,
                                               limits.max_connect_packet_size),
-                          certificate=certificate, identity=identity)
+                          stats=self.stats, certificate=certificate, identity=identity)
         self.connections.add(conn)
         self.pending[host] = self.pending.get(host, 0) + 1
         self.listener_counts[listener] = self.listener_counts.get(listener, 0) + 1
-        self.stats.connections_total += 1
+        stats = self.stats
+        stats.connections_total += 1
+        label = listener.label
+        stats.connections_by_listener[label] = stats.connections_by_listener.get(label, 0) + 1
         return conn
 
     def _admitted(self, conn: Connection) -> None:
@@ -182,7 +185,8 @@ class Engine:
             return False
         code = ReasonCode(reason_code)
         clients_log.info("client %s: disconnected by the server (0x%02X%s)", conn.name,
-                         int(code), f": {safe(reason, 256)}" if reason else "")
+                         int(code), f": {safe(reason, 256)}" if reason else "",
+                         extra=conn.log_fields)
         conn.close(code, reason or f"disconnected by the server (0x{int(code):02X})",
                    reason=reason or "", server_reference=server_reference)
         return True
@@ -210,11 +214,11 @@ class Engine:
             if not conn.connected:
                 if now - conn.opened > connect_timeout:
                     log.warning("client %s sent no CONNECT within %d s; closing",
-                                conn.name, connect_timeout)
+                                conn.name, connect_timeout, extra=conn.log_fields)
                     conn.close(None, "CONNECT timeout")
             elif conn.keepalive and now - conn.last_seen > conn.keepalive * KEEPALIVE_GRACE:
                 clients_log.info("client %s: keepalive of %d s expired; closing",
-                                 conn.name, conn.keepalive)
+                                 conn.name, conn.keepalive, extra=conn.log_fields)
                 conn.close(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
         self.registry.tick(now)
 

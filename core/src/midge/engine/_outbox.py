@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..codec import Packet
     from ..hooks import Hooks
     from ..message import Message
+    from ..stats import Stats
 
 #: why a delivery was withheld: larger than the client said it accepts
 TOO_LARGE = "larger than the client's maximum"
@@ -40,12 +41,16 @@ class Outbox:
     """The bytes waiting to be written to one client, and how to frame them."""
 
     __slots__ = (
-        "_bytes", "_count", "_driver", "_hooks", "_out", "_owner", "alias_max", "aliases",
-        "level", "max_packet", "sealed", "stuck", "waiting",
+        "_bytes", "_count", "_driver", "_hooks", "_out", "_owner", "_sent", "_sent_bytes",
+        "alias_max", "aliases", "level", "max_packet", "sealed", "stuck", "waiting",
     )
 
-    def __init__(self, driver: Driver, hooks: Hooks, owner: Client) -> None:
+    def __init__(self, driver: Driver, hooks: Hooks, owner: Client, stats: Stats) -> None:
         self._driver = driver
+        #: packets sent by class (the broker's counters)
+        self._sent = stats.packets_sent
+        #: PUBLISH frame bytes sent, by QoS (the broker's counters)
+        self._sent_bytes = stats.sent_bytes_by_qos
         self._hooks = hooks
         self._owner = owner
         self._out: list[bytes] = []
@@ -107,6 +112,8 @@ class Outbox:
         if len(data) > self.max_packet:
             data, packet = self._trimmed(packet, data)
         self.write(data)
+        if type(packet) is not Publish:  # PUBLISHes are counted by QoS, by the router
+            self._sent[type(packet)] += 1
         if hooks.on_packet_sent is not None:
             hooks.on_packet_sent(self._owner, packet, data)
 
@@ -139,6 +146,8 @@ class Outbox:
             known = False
         if len(frame) > self.max_packet:
             return TOO_LARGE
+        size = len(frame)
+        self._sent_bytes[qos] += size
         if self._hooks.packet_hooks:
             self.send(message.publish(level, qos, retain, packet_id, subscription_ids, dup,
                                       alias, known, now))
@@ -146,7 +155,6 @@ class Outbox:
             # write() inlined: this is the delivery hot path
             self._out.append(frame)
             self._count += 1
-            size = len(frame)
             self._bytes += size
             self.waiting += size
             if self._count == 1:

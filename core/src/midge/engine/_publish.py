@@ -74,20 +74,28 @@ class PublishFlow:
         session = conn.session
         assert session is not None
         v5 = conn.v5
-        if v5 and Property.TOPIC_ALIAS in packet.properties:
-            self._resolve_alias(conn, packet)
-        topic = packet.topic
-        self._access.check_topic(topic, ReasonCode.TOPIC_NAME_INVALID)
         limits = self._limits
-        if packet.qos > limits.maximum_qos:
-            raise RemoteProtocolError(
-                ReasonCode.QOS_NOT_SUPPORTED,
-                f"PUBLISH QoS {packet.qos} exceeds the maximum QoS {limits.maximum_qos}",
-            )
-        if packet.retain and not limits.retain_available:
-            raise RemoteProtocolError(ReasonCode.RETAIN_NOT_SUPPORTED,
-                                      "retained PUBLISH but retain is not available")
-        self._stats.messages_received += 1
+        stats = self._stats
+        try:
+            if v5 and Property.TOPIC_ALIAS in packet.properties:
+                self._resolve_alias(conn, packet)
+            topic = packet.topic
+            self._access.check_topic(topic, ReasonCode.TOPIC_NAME_INVALID)
+            if packet.qos > limits.maximum_qos:
+                raise RemoteProtocolError(
+                    ReasonCode.QOS_NOT_SUPPORTED,
+                    f"PUBLISH QoS {packet.qos} exceeds the maximum QoS {limits.maximum_qos}",
+                )
+            if packet.retain and not limits.retain_available:
+                raise RemoteProtocolError(ReasonCode.RETAIN_NOT_SUPPORTED,
+                                          "retained PUBLISH but retain is not available")
+        except RemoteProtocolError:
+            # a PUBLISH packet all the same (free when nothing is raised)
+            stats.packets_received[Publish] += 1
+            raise
+        # the messages received (``messages_received`` is their sum)
+        stats.received_by_qos[packet.qos] += 1
+        stats.received_bytes_by_qos[packet.qos] += len(packet.payload)
         if packet.qos == 2:
             if packet.packet_id in session.inbound_qos2:
                 if packet.dup or not v5:
@@ -99,7 +107,8 @@ class PublishFlow:
                 # [MQTT-4.3.3-10]) and the client is told 0x91; after a PUBREC of 0x80
                 # or above the id starts afresh [MQTT-4.3.3-9]
                 log.warning("client %s reused packet id %d before releasing it; "
-                            "answered 0x91", conn.name, packet.packet_id)
+                            "answered 0x91", conn.name, packet.packet_id,
+                            extra=conn.log_fields)
                 session.inbound_qos2.discard(packet.packet_id)
                 self._acknowledge(conn, packet, ReasonCode.PACKET_IDENTIFIER_IN_USE,
                                   "packet identifier in use")
@@ -116,17 +125,18 @@ class PublishFlow:
                 raise RemoteProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID,
                                           "payload declared UTF-8 is not valid UTF-8")
             log.warning("client %s published a payload declared UTF-8 that is not; dropped",
-                        conn.name)
+                        conn.name, extra=conn.log_fields)
             self._acknowledge(conn, packet, ReasonCode.PAYLOAD_FORMAT_INVALID,
                               "payload is not valid UTF-8")
             return None
         if topic.startswith("$"):
-            log.warning("client %s may not publish to %s; dropped", conn.name, safe(topic))
+            log.warning("client %s may not publish to %s; dropped", conn.name, safe(topic),
+                        extra=conn.log_fields)
             self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
             return None
         if not self._access.allowed(conn, topic, True):
             log.warning("client %s is not authorized to publish to %s; dropped",
-                        conn.name, safe(topic))
+                        conn.name, safe(topic), extra=conn.log_fields)
             self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
             return None
         if packet.retain and packet.payload:

@@ -248,7 +248,7 @@ class Router:
             why = outbox.publish(message, 0, retain, 0, subscription_ids, False, now)
             if why is not None:
                 return self.dropped(conn, message, why)
-            self._stats.messages_sent += 1
+            self._stats.sent_by_qos[0] += 1  # messages_sent is the sum
             return None
         session = self._sessions.get(client_id)
         if session is None:
@@ -266,7 +266,7 @@ class Router:
         return None
 
     def dropped(self, conn: Connection | None, message: Message, reason: str) -> None:
-        self._stats.messages_dropped += 1
+        self._stats.dropped(reason)
         log.debug("message to %s for %s dropped: %s", safe(message.topic),
                   conn.name if conn else "an offline client", reason)
         if self._hooks.on_publish_dropped is not None:
@@ -287,10 +287,11 @@ class Router:
             session = conn.session
             if session is not None:
                 session.drop(out.packet_id)
+            self._stats.inflight_dropped += 1
             if hooks.on_qos_dropped is not None:
                 hooks.on_qos_dropped(conn, out.packet_id, why)
             return self.dropped(conn, message, why)
-        self._stats.messages_sent += 1
+        self._stats.sent_by_qos[out.qos] += 1  # messages_sent is the sum
         if hooks.on_qos_publish is not None:
             hooks.on_qos_publish(conn, message, out.packet_id, dup)
         return None

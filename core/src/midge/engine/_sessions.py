@@ -22,7 +22,7 @@ from ..codec import (
     Subscription,
     Will,
 )
-from ..logsafe import safe
+from ..logsafe import quoted, safe
 from ..message import Message
 from ..session import PACKET_ID_MAX, UNCLAIMED, Outbound, Session
 
@@ -146,7 +146,7 @@ class Registry:
         old = self.clients.get(client_id)
         if old is not None and old is not conn:
             clients_log.info("client %s: session taken over by a new connection from %s",
-                             conn.name, conn.remote)
+                             conn.name, conn.remote, extra=conn.log_fields)
             if old.will is not None and not ends and will_delay(old, old.will):
                 # the session continues and the will has a delay: it is not sent
                 # (MQTT 5 section 3.1.3.2.2)
@@ -174,7 +174,10 @@ class Registry:
     def connected(self, conn: Connection) -> None:
         """``conn`` was sent CONNACK 0: it holds its client id."""
         self.clients[conn.client_id] = conn
-        self._stats.clients_connected = len(self.clients)
+        stats = self._stats
+        stats.clients_connected = count = len(self.clients)
+        if count > stats.clients_maximum:
+            stats.clients_maximum = count
         self._count(conn, 1)
         if self.admitted is not None:
             self.admitted(conn)
@@ -189,7 +192,7 @@ class Registry:
             self.publish_will(pending[1], pending[2])
         else:
             clients_log.info("client %s reconnected: its delayed will is cancelled",
-                             safe(client_id))
+                             quoted(client_id), extra={"client_id": client_id})
 
     # -- a connection ends -----------------------------------------------------------------
 
@@ -212,7 +215,7 @@ class Registry:
                 session.expires_at = self._clock() + session.expiry_interval
                 self.expiring[cid] = session
         clients_log.info("client %s disconnected: %s", conn.name,
-                         safe(conn.close_reason or "closed", 256))
+                         safe(conn.close_reason or "closed", 256), extra=conn.log_fields)
         hooks = self._hooks
         if hooks.on_disconnect is not None:
             hooks.on_disconnect(conn, None if conn.clean_disconnect else conn.close_reason,
@@ -226,7 +229,8 @@ class Registry:
                 # session's expiry, unless the client comes back first (MQTT 5 3.1.3.2.2)
                 if session.expiry_interval is not None:
                     delay = min(delay, session.expiry_interval)
-                clients_log.info("client %s: its will is delayed by %d s", conn.name, delay)
+                clients_log.info("client %s: its will is delayed by %d s", conn.name, delay,
+                                 extra=conn.log_fields)
                 self.pending_wills[cid] = (self._clock() + delay, conn, will)
             else:
                 self.publish_will(conn, will)
@@ -242,9 +246,10 @@ class Registry:
             why = self.access.will_refusal(conn, will.topic)
             if why is not None:
                 clients_log.warning("client %s: its will to %s is not published: %s",
-                                    conn.name, safe(will.topic), why)
+                                    conn.name, safe(will.topic), why, extra=conn.log_fields)
                 return
-        clients_log.info("client %s: publishing its will to %s", conn.name, safe(will.topic))
+        clients_log.info("client %s: publishing its will to %s", conn.name, safe(will.topic),
+                         extra=conn.log_fields)
         self.router.route(Message(will.topic, will.payload, will.qos, will.retain,
                                   will.properties, conn.client_id, self._clock()), conn)
         if hooks.on_published is not None:
@@ -276,7 +281,8 @@ class Registry:
         if self.expiring:
             for cid, session in list(self.expiring.items()):
                 if session.expires_at is not None and session.expires_at <= now:
-                    clients_log.info("session %s expired", safe(cid))
+                    clients_log.info("session of client %s expired", quoted(cid),
+                                     extra={"client_id": cid})
                     self.discard(session)
                     if self._hooks.on_client_expired is not None:
                         self._hooks.on_client_expired(cid)

@@ -73,7 +73,8 @@ class SubscribeFlow:
             try:
                 share = parse_share(topic_filter)
             except ValueError as exc:
-                log.warning("client %s: subscription refused: %s", conn.name, safe(exc, 256))
+                log.warning("client %s: subscription refused: %s", conn.name, safe(exc, 256),
+                            extra=conn.log_fields)
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else SUBACK_FAILURE)
                 continue
             if not v5 and (
@@ -81,7 +82,7 @@ class SubscribeFlow:
                 or (not limits.wildcard_subscriptions and has_wildcard(topic_filter))
             ):
                 log.warning("client %s: subscription to %s refused: not available",
-                            conn.name, safe(topic_filter))
+                            conn.name, safe(topic_filter), extra=conn.log_fields)
                 codes.append(SUBACK_FAILURE)
                 continue
             if share is not None:
@@ -91,7 +92,7 @@ class SubscribeFlow:
                 acl_filter = share[1]
             if not self._access.allowed(conn, acl_filter, False):
                 log.warning("client %s is not authorized to subscribe to %s",
-                            conn.name, safe(topic_filter))
+                            conn.name, safe(topic_filter), extra=conn.log_fields)
                 codes.append(refused)
                 continue
             if self._session_full(session, topic_filter):

@@ -326,6 +326,7 @@ class Hooks:
     on_stopped: HookCaller[[BrokerHandle], None] | None
     on_reload: HookCaller[[BrokerHandle], None] | None
     on_sys_info_tick: HookCaller[[BrokerHandle, dict[str, Any]], None] | None
+    on_ready_check: HookCaller[[BrokerHandle], str | None] | None
     on_connect: HookCaller[[Client, Connect], int | None] | None
     on_connect_authenticate: HookCaller[[Client, Connect], bool | None] | None
     on_acl_check: HookCaller[[Client, str, bool], bool | None] | None

@@ -100,9 +100,23 @@ def on_reload(broker: BrokerHandle) -> None:
 def on_sys_info_tick(broker: BrokerHandle, info: dict[str, Any]) -> None:
     """Every ``sys_interval`` seconds, with the broker's counters.
 
-    ``info`` maps counter names (``clients_connected``, ``messages_received``,
-    ``messages_sent``, ``messages_dropped``, ``uptime`` ...) to numbers. Return value
-    ignored.
+    ``info`` maps mochi-mqtt's sys info names (``clients_connected``,
+    ``messages_received``, ``messages_sent``, ``messages_dropped``, ``bytes_received``,
+    ``uptime`` ... the same as an http listener's ``/stats``) to numbers, ``version`` to
+    a string and ``listeners`` to a list of dicts. Return value ignored.
+    """
+
+
+@_rule(FIRST_NON_EMPTY, True)
+def on_ready_check(broker: BrokerHandle) -> str | None:
+    """The broker is asked whether it is ready to serve (an http listener's ``/readyz``).
+
+    Return a short reason why it is not (``"storage unreachable: connection refused"``),
+    or None when this plugin has nothing against serving; the first reason wins and
+    ``/readyz`` answers 503 with it. Called only once the broker has restored its state
+    and bound its listeners, on every probe: keep it cheap (check a connection you
+    hold, not a new one each time). May be ``async def``; an answer that takes longer
+    than two seconds counts as not ready.
     """
 
 

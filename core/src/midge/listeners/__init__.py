@@ -10,6 +10,7 @@ Adding a transport is one module with a ``bind`` function plus its entry in
 from __future__ import annotations
 
 from ._base import Acceptor, Bind, Listener, Opener, settle
+from .http import bind as bind_http
 from .tcp import bind as bind_tcp
 from .tls import bind as bind_tls
 from .unix import bind as bind_unix
@@ -22,6 +23,7 @@ REGISTRY: dict[str, Bind] = {
     "ws": bind_ws,
     "wss": bind_ws,
     "unix": bind_unix,
+    "http": bind_http,
 }
 
 __all__ = ["REGISTRY", "Acceptor", "Bind", "Listener", "Opener", "settle"]

@@ -2,19 +2,21 @@
 
 The rule: listeners see the engine only through ``Opener`` (make a Connection) and
 ``Acceptor`` (may one more connect?), never the broker; and every transport awaits an
-engine's ``Ask`` the same way, through ``settle``.
+engine's ``Ask`` the same way, through ``settle``. A listener that reports on the broker
+(http) reads it only through ``Acceptor.observer``, the read-only ``midge.api.Observer``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from anyio.abc import TaskGroup
 
-from ..api import PeerCertificate
+from ..api import Observer, PeerCertificate
 from ..config import ListenerSettings
 from ..engine import Ask, Connection, Driver
 from ..logsafe import Throttle
@@ -68,10 +70,12 @@ Bind = Callable[["Acceptor", ListenerSettings], Awaitable[Listener]]
 class Acceptor:
     """Admission and Connection construction, in one place for every transport."""
 
-    __slots__ = ("_max", "_max_pending", "_opener", "_refusals", "handshake_timeout")
+    __slots__ = ("_max", "_max_pending", "_opener", "_refusals", "handshake_timeout",
+                 "observer")
 
     def __init__(self, opener: Opener, max_connections: int,
-                 max_pending_per_address: int = 0, handshake_timeout: float = 10.0) -> None:
+                 max_pending_per_address: int = 0, handshake_timeout: float = 10.0,
+                 observer: Observer | None = None) -> None:
         self._opener = opener
         self._max = max_connections
         self._max_pending = max_pending_per_address
@@ -80,6 +84,8 @@ class Acceptor:
         self.handshake_timeout = handshake_timeout
         #: refusal warnings: a flood of sockets must not become a flood of log lines
         self._refusals = Throttle(time.monotonic)
+        #: the broker's figures, for listeners that report them (None: not available)
+        self.observer = observer
 
     def admits(self, listener: ListenerSettings, host: str, port: int) -> bool:
         """May one more transport connect? (Logs why not, rate-limited.) No when
@@ -87,6 +93,7 @@ class Acceptor:
         ``max_pending_per_address`` connections from this address have not logged in."""
         if len(self._opener.connections) >= self._max:
             self._refused(host, port, listener, f"max_connections {self._max} reached")
+            self._opener.stats.refused("max_connections")
             return False
         if self._opener.listener_counts.get(listener, 0) >= listener.max_connections:
             self._refused(host, port, listener,
@@ -118,7 +125,16 @@ class Acceptor:
     def _refused(self, host: str, port: int, listener: ListenerSettings, why: str) -> None:
         if self._refusals.allow():
             log.warning("refusing connection from %s:%s on %s: %s%s", host, port,
-                        listener.label, why, self._refusals.take_suppressed())
+                        listener.label, why, self._refusals.take_suppressed(),
+                        extra={"listener": listener.label, "address": f"{host}:{port}"})
+
+
+def bind_error(exc: OSError, host: str, port: int) -> OSError:
+    """A failed bind, said once: "cannot listen on HOST:PORT: address already in use"
+    (the event loops' own messages repeat the address and add the errno)."""
+    why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    error = OSError(exc.errno, f"cannot listen on {host}:{port}: {why}")
+    return error
 
 
 async def settle(conn: Connection, pending: Ask | None) -> None:

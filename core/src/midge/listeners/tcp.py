@@ -20,7 +20,7 @@ import sniffio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 
 from ..config import ListenerSettings
-from ._base import Acceptor, Listener
+from ._base import Acceptor, Listener, bind_error
 from ._drivers import ACCEPT_BACKLOG, AsyncioDriver, StreamDriver, peer
 from ._layers import Layer, Pipeline
 from ._stacked import LayerFactory, StackedAsyncioDriver, StackedStreamDriver
@@ -61,9 +61,7 @@ async def bind_stack(acceptor: Acceptor, spec: ListenerSettings,
         return StreamListener(acceptor, spec, list(multi.listeners), make_layers, reload)
     except OSError as exc:
         # name the address: with several listeners "address in use" is a riddle
-        raise OSError(
-            exc.errno, f"cannot listen on {spec.host}:{spec.port}: {exc.strerror}"
-        ) from exc
+        raise bind_error(exc, spec.host, spec.port) from exc
 
 
 def asyncio_factory(acceptor: Acceptor, spec: ListenerSettings, holder: list[TaskGroup],

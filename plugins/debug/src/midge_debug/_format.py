@@ -3,7 +3,9 @@
 The rule: a description never contains a credential unless asked to (``redact=False``),
 never a payload unless asked to (``show_payloads=True``, and then at most
 ``PAYLOAD_LIMIT`` bytes), and never a raw control character: strings and bytes are shown
-with ``repr`` so a client cannot forge log lines.
+with ``repr`` so a client cannot forge log lines. A packet reads as its client's
+protocol level has it: reason codes one way (``0x87``), v3 CONNACK and SUBACK with return
+codes, no field a v3 packet cannot carry, no packet id on a QoS 0 PUBLISH.
 """
 
 from __future__ import annotations
@@ -11,7 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from midge.codec import PACKET_TYPES, Connect, Property, Subscription, Will
+from midge.codec import (
+    PACKET_TYPES,
+    PROTOCOL_5,
+    ConnAck,
+    Connect,
+    Property,
+    Publish,
+    SubAck,
+    Subscription,
+    Will,
+)
 
 PAYLOAD_LIMIT = 64
 REDACTED = "<redacted>"
@@ -24,13 +36,29 @@ class Options:
     redact: bool = True
 
 
-def describe(packet: Any, options: Options) -> str:
-    """``TYPE field=value ...`` for a packet dataclass from ``midge.codec``."""
+def describe(packet: Any, options: Options, level: int = PROTOCOL_5) -> str:
+    """``TYPE field=value ...`` for a packet dataclass from ``midge.codec``, as protocol
+    ``level`` (3, 4 or 5; 0 before CONNECT is read, shown as 5) carries it."""
     kind = PACKET_TYPES.get(type(packet))
     parts = [kind.name if kind is not None else type(packet).__name__]
+    v5 = level in (0, PROTOCOL_5)
     for spec in fields(packet):
         value = getattr(packet, spec.name)
-        if spec.name == "properties":
+        if spec.name == "packet_id" and isinstance(packet, Publish) and not packet.qos:
+            continue  # a QoS 0 PUBLISH has no packet id
+        if spec.name == "reason_code":
+            if v5:
+                parts.append(f"reason_code={_code(value)}")
+            elif isinstance(packet, ConnAck):
+                parts.append(f"return_code={int(value)}")
+            # other v3 packets carry no reason code
+        elif spec.name == "reason_codes":
+            if v5:
+                parts.append("reason_codes=[" + ", ".join(_code(c) for c in value) + "]")
+            elif isinstance(packet, SubAck):
+                parts.append("return_codes=[" + ", ".join(f"0x{int(c):02X}" for c in value)
+                             + "]")
+        elif spec.name == "properties":
             if value:
                 parts.append(f"properties={{{_properties(value, options)}}}")
         elif spec.name == "payload":
@@ -48,6 +76,10 @@ def describe(packet: Any, options: Options) -> str:
         else:
             parts.append(f"{spec.name}={value!r}")
     return " ".join(parts)
+
+
+def _code(value: int) -> str:
+    return f"0x{int(value):02X}"
 
 
 def payload(data: bytes, show: bool) -> str:

@@ -50,14 +50,21 @@ class DebugPlugin:
     @hookimpl
     def on_packet_read(self, client: Any, packet: Any) -> Any:
         if self._wanted(packet):
-            log.log(self.level, "%s <- %s", _who(client, packet), describe(packet, self.options))
+            log.log(self.level, "%s <- %s", _who(client, packet),
+                    describe(packet, self.options, _level(client, packet)))
         return packet
 
     @hookimpl
     def on_packet_sent(self, client: Any, packet: Any, data: bytes) -> None:
         if self._wanted(packet):
             log.log(self.level, "%s -> %s (%d bytes)", _who(client, packet),
-                    describe(packet, self.options), len(data))
+                    describe(packet, self.options, _level(client, packet)), len(data))
+
+
+def _level(client: Any, packet: Any) -> int:
+    """The protocol level the packet travels at (a CONNECT names its own)."""
+    level = getattr(packet, "protocol_level", 0) or getattr(client, "protocol_level", 0)
+    return int(level)
 
 
 def _who(client: Any, packet: Any) -> str:
@@ -65,4 +72,6 @@ def _who(client: Any, packet: Any) -> str:
     client_id: str = client.client_id or getattr(packet, "client_id", "") or ""
     if not client_id:
         return f"<{client.remote}>"
-    return client_id if client_id.isprintable() else repr(client_id)
+    # quoted, as in the broker's own lines: an id may be a word like "client"
+    return f'"{client_id}"' if client_id.isprintable() and '"' not in client_id \
+        else repr(client_id)

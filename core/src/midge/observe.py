@@ -1,0 +1,202 @@
+"""The broker's figures as an observer reads them: /stats, /metrics, /api and $SYS.
+
+The rule: everything here is computed when asked, from the engine's state and the
+counters it keeps anyway; nothing is tracked per message for the observer's sake. The
+``Observatory`` implements ``midge.api.Observer``, the read-only port listeners get,
+so the http listener never holds the Broker or the Engine.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._version import __version__
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from .api import BrokerHandle
+    from .config import ListenerSettings
+    from .engine import Connection, Engine
+    from .hooks import Hooks
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+#: seconds a plugin's readiness check may take before it counts as "not ready"
+READY_CHECK_TIMEOUT = 2.0
+
+
+def rss_bytes() -> int:
+    """The process's resident memory, in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Observatory:
+    """Read-only views of one broker, for observers (``midge.api.Observer``)."""
+
+    def __init__(self, engine: Engine, hooks: Hooks, state: Callable[[], str | None],
+                 handle: BrokerHandle) -> None:
+        self._engine = engine
+        #: what ``on_ready_check`` implementations are given
+        self._handle = handle
+        self._hooks = hooks
+        #: the shell's own readiness: why it is not (yet) serving, or None
+        self._state = state
+        #: (listener settings, bound addresses), in configuration order
+        self._listeners: list[tuple[ListenerSettings, list[tuple[str, int]]]] = []
+        #: a listener's configured label -> the name observers see (port 0 resolved)
+        self._names: dict[str, str] = {}
+
+    @property
+    def stats(self) -> Stats:
+        return self._engine.stats
+
+    def bound(self, spec: ListenerSettings, addresses: list[tuple[str, int]]) -> None:
+        """The shell bound a listener."""
+        self._listeners.append((spec, addresses))
+        # a configured name, else the address actually bound
+        self._names[spec.label] = (spec.name or f"{spec.type}://{_address(*addresses[0])}"
+                                   if addresses else spec.label)
+
+    # -- figures ---------------------------------------------------------------------------
+
+    def figures(self) -> dict[str, Any]:
+        engine = self._engine
+        queued = queued_max = inflight = 0
+        for session in engine.sessions.values():
+            depth = len(session.pending)
+            queued += depth
+            if depth > queued_max:
+                queued_max = depth
+            inflight += len(session.inflight)
+        return {
+            "sessions": len(engine.sessions),
+            "clients_connected": len(engine.clients),
+            "subscriptions": len(engine.router.subscriptions),
+            "retained": len(engine.router.retained),
+            "queued": queued,
+            "queued_max": queued_max,
+            "inflight": inflight,
+            "listeners": self.listeners_info(),
+        }
+
+    def sys_info(self) -> dict[str, Any]:
+        stats = self.stats
+        figures = self.figures()
+        now = time.time()
+        connected = figures["clients_connected"]
+        info: dict[str, Any] = {
+            "version": __version__,
+            "started": int(stats.started),
+            "time": int(now),
+            "uptime": int(now - stats.started),
+            "bytes_received": stats.bytes_received,
+            "bytes_sent": stats.bytes_sent,
+            "clients_connected": connected,
+            "clients_disconnected": max(0, figures["sessions"] - connected),
+            "clients_maximum": stats.clients_maximum,
+            "clients_total": figures["sessions"],
+            "messages_received": stats.messages_received,
+            "messages_sent": stats.messages_sent,
+            "messages_dropped": stats.messages_dropped,
+            "retained": figures["retained"],
+            "inflight": figures["inflight"],
+            "inflight_dropped": stats.inflight_dropped,
+            "subscriptions": figures["subscriptions"],
+            "packets_received": stats.packets_received_total,
+            "packets_sent": stats.packets_sent_total,
+            "memory_alloc": rss_bytes(),
+            "threads": threading.active_count(),
+            # midge's own, beyond mochi-mqtt's set
+            "connections_total": stats.connections_total,
+            "queued": figures["queued"],
+            "queued_max": figures["queued_max"],
+            "listeners": figures["listeners"],
+        }
+        return info
+
+    def listeners_info(self) -> list[dict[str, Any]]:
+        now: dict[str, int] = {}
+        for conn in self._engine.connections:
+            label = conn.listener.label
+            now[label] = now.get(label, 0) + 1
+        totals = self.stats.connections_by_listener
+        return [
+            {
+                "name": self._names.get(spec.label, spec.label),
+                "type": spec.type,
+                "address": ", ".join(_address(host, port) for host, port in addresses),
+                "connections": now.get(spec.label, 0),
+                "connections_total": totals.get(spec.label, 0),
+            }
+            for spec, addresses in self._listeners
+        ]
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def clients_info(self, prefix: str = "") -> list[dict[str, Any]]:
+        clients = self._engine.clients
+        return [self._client(clients[cid]) for cid in sorted(clients) if cid.startswith(prefix)]
+
+    def client_info(self, client_id: str) -> dict[str, Any] | None:
+        conn = self._engine.clients.get(client_id)
+        if conn is None:
+            return None
+        info = self._client(conn)
+        session = conn.session
+        subs = []
+        if session is not None:
+            for topic_filter, (sub, subscription_id) in sorted(session.subscriptions.items()):
+                subs.append({
+                    "topic_filter": topic_filter,
+                    "qos": sub.qos,
+                    "no_local": sub.no_local,
+                    "retain_as_published": sub.retain_as_published,
+                    "retain_handling": sub.retain_handling,
+                    "subscription_id": subscription_id or None,
+                })
+        info["subscriptions"] = subs
+        return info
+
+    def _client(self, conn: Connection) -> dict[str, Any]:
+        session = conn.session
+        engine = self._engine
+        since = time.time() - (engine.clock() - conn.opened)
+        return {
+            "id": conn.client_id,
+            "username": conn.username,
+            "listener": self._names.get(conn.listener.label, conn.listener.label),
+            "address": conn.remote,
+            "protocol_level": conn.protocol_level,
+            "connected_since": round(since, 3),
+            "keepalive": conn.keepalive,
+            "subscriptions": len(session.subscriptions) if session is not None else 0,
+            "queue_depth": len(session.pending) if session is not None else 0,
+            "inflight": len(session.inflight) if session is not None else 0,
+        }
+
+    # -- readiness -------------------------------------------------------------------------
+
+    async def not_ready(self) -> str | None:
+        reason = self._state()
+        if reason is not None:
+            return reason
+        caller = self._hooks.on_ready_check
+        if caller is None:
+            return None
+        with anyio.move_on_after(READY_CHECK_TIMEOUT):
+            answer = await caller.acall(self._handle)
+            return str(answer) if answer else None
+        return f"a readiness check took longer than {READY_CHECK_TIMEOUT} s"
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
