@@ -24,13 +24,14 @@ LAYERS: dict[str, int] = {
     "hooks": 2,
     "engine": 3,
     "listeners": 4,
-    "inline": 5, "broker": 5,
+    "inline": 5, "broker": 5, "observe": 5, "logs": 5, "systemd": 5,
     "cli": 6, "cli_plugins": 6, "testing": 6, "__main__": 6, "__init__": 6,
 }
 #: what a listener module may import, besides its own package: the engine's façade, the
-#: ports and the configuration, and two model utilities (counters, log-safe fields)
+#: ports and the configuration, and three model utilities (counters, log-safe fields, the
+#: version the status page shows)
 LISTENER_ALLOWED = {"midge.engine", "midge.api", "midge.config", "midge.stats",
-                    "midge.logsafe"}
+                    "midge.logsafe", "midge._version"}
 #: the only modules that may import the broker shell
 BROKER_IMPORTERS = {"midge.cli", "midge.testing", "midge"}
 

@@ -117,6 +117,7 @@ class Observatory:
             "threads": threading.active_count(),
             # midge's own, beyond mochi-mqtt's set
             "connections_total": stats.connections_total,
+            "transport_errors": stats.transport_errors,
             "queued": figures["queued"],
             "queued_max": figures["queued_max"],
             "listeners": figures["listeners"],
