@@ -154,3 +154,32 @@ def test_the_pytest_plugin_is_registered() -> None:
     entry_points = metadata.entry_points(group="pytest11")
     assert any(ep.value == "midge.testing" for ep in entry_points)
     assert sys.modules.get("midge.testing") is not None  # pytest loaded it for this run
+
+
+def test_the_status_page_is_served_from_the_installed_wheel(tmp_path: Path) -> None:
+    import urllib.request
+
+    mqtt, http = free_port(), free_port()
+    config = tmp_path / "midge.toml"
+    config.write_text(textwrap.dedent(f"""
+        [[listeners]]
+        host = "127.0.0.1"
+        port = {mqtt}
+
+        [[listeners]]
+        type = "http"
+        host = "127.0.0.1"
+        port = {http}
+
+        [plugins.auth_allow]
+    """))
+    proc = start("-c", str(config))
+    try:
+        wait_for_port(http, proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/", timeout=5) as page:
+            assert page.headers["Content-Type"].startswith("text/html")
+            assert b"<title>midge status</title>" in page.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as metrics:
+            assert b"midge_" in metrics.read()
+    finally:
+        stop(proc)
