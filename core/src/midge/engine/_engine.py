@@ -31,7 +31,9 @@ from ..stats import Stats
 from ._access import Access
 from ._connect import ConnectFlow
 from ._connection import Connection
+from ._journal import Journal
 from ._publish import PublishFlow
+from ._restore import restore as restore_snapshot
 from ._router import Router
 from ._sessions import Registry
 from ._subscribe import SubscribeFlow
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from ..config import BrokerSettings, ListenerSettings
     from ..hooks import Hooks
     from ..message import Message
+    from ..records import Snapshot
     from ..session import Session
     from ._ask import Ask
     from ._outbox import Driver
@@ -64,10 +67,13 @@ class Engine:
         self.stats = stats or Stats()
         sessions: dict[str, Session] = {}
         clients: dict[str, Connection] = {}
+        #: the durable changes for a storage (recording only once ``journal.enable``)
+        self.journal = Journal(clock)
         self.access = Access(hooks, limits)
-        self.router = Router(limits, hooks, self.stats, self.access, clock, clients, sessions)
+        self.router = Router(limits, hooks, self.stats, self.access, clock, clients, sessions,
+                             self.journal)
         self.registry = Registry(limits, hooks, self.stats, clock, self.router, sessions,
-                                 clients)
+                                 clients, self.journal)
         self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock)
         publish = PublishFlow(limits, hooks, self.stats, self.access, self.router, clock)
         subscribe = SubscribeFlow(limits, hooks, self.access, self.router)
@@ -103,8 +109,10 @@ class Engine:
     def open(self, driver: Driver, listener: ListenerSettings, host: str,
              port: int) -> Connection:
         """A listener accepted a transport: the Connection its driver feeds."""
+        journal = self.journal
         conn = Connection(self, driver, listener, host, port, hooks=self.hooks,
-                          clock=self.clock, max_packet_size=self.limits.max_packet_size)
+                          clock=self.clock, max_packet_size=self.limits.max_packet_size,
+                          journal=journal if journal.enabled else None)
         self.connections.add(conn)
         self.stats.connections_total += 1
         return conn
@@ -197,6 +205,21 @@ class Engine:
                     "connections_total"):
             if key in sys_info:
                 setattr(self.stats, key, int(sys_info[key]))
+
+    def restore_records(self, snapshot: Snapshot) -> dict[str, int]:
+        """Continue from a storage's Snapshot (the journal must be enabled); returns how
+        many of each kind came back."""
+        return restore_snapshot(self, snapshot)
+
+    def save_counters(self) -> None:
+        """Record the counters that ``sys_info`` continues from after a restart."""
+        stats = self.stats
+        self.journal.counters({
+            "messages_received": stats.messages_received,
+            "messages_sent": stats.messages_sent,
+            "messages_dropped": stats.messages_dropped,
+            "connections_total": stats.connections_total,
+        })
 
     def counts(self) -> dict[str, int]:
         """Sessions, subscriptions and retained messages, for ``sys_info``."""

@@ -8,6 +8,7 @@ for the socket; the listener's driver takes the bytes once per event-loop turn.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from ..codec import MAX_VARINT, encode
@@ -40,8 +41,8 @@ class Outbox:
     """The bytes waiting to be written to one client, and how to frame them."""
 
     __slots__ = (
-        "_count", "_driver", "_hooks", "_out", "_owner", "alias_max", "aliases", "level",
-        "max_packet", "sealed",
+        "_count", "_driver", "_hooks", "_out", "_owner", "alias_max", "aliases", "held",
+        "level", "max_packet", "sealed",
     )
 
     def __init__(self, driver: Driver, hooks: Hooks, owner: Client) -> None:
@@ -60,6 +61,9 @@ class Outbox:
         self.alias_max = 0
         #: nothing more is accepted (the connection is closing)
         self.sealed = False
+        #: output waiting for storage commits: [commit sequence, frames] in order; while
+        #: anything waits, everything written joins the last entry
+        self.held: deque[tuple[int, list[bytes]]] | None = None
 
     @property
     def backlog(self) -> int:
@@ -69,6 +73,9 @@ class Outbox:
     def write(self, data: bytes) -> None:
         """Queue encoded bytes; never blocks."""
         if self.sealed:
+            return
+        if self.held:
+            self.held[-1][1].append(data)
             return
         self._out.append(data)
         self._count += 1
@@ -84,6 +91,41 @@ class Outbox:
         self._out = []
         self._count = 0
         return (out[0] if count == 1 else b"".join(out)), count
+
+    def hold(self, seq: int) -> bool:
+        """What is written from now on waits until commit ``seq`` is done; True when
+        this outbox was holding nothing before."""
+        held = self.held
+        if held is None:
+            held = self.held = deque()
+        first = not held
+        if first or held[-1][0] < seq:
+            held.append((seq, []))
+        return first
+
+    def release(self, committed: int) -> bool:
+        """Commit ``committed`` is done: queue what waited for it; True when nothing
+        waits any more."""
+        held = self.held
+        if not held:
+            return True
+        if self.sealed:
+            held.clear()
+            return True
+        moved = 0
+        out = self._out
+        while held and held[0][0] <= committed:
+            frames = held.popleft()[1]
+            out.extend(frames)
+            moved += len(frames)
+        if moved:
+            self._count += moved
+            self._driver.schedule_flush()
+        return not held
+
+    def drop_held(self) -> None:
+        if self.held:
+            self.held.clear()
 
     def flush_soon(self) -> None:
         self._driver.schedule_flush()

@@ -97,6 +97,7 @@ class SubscribeFlow:
             codes.append(sub.qos)
             if share is None:  # no retained messages on a shared subscribe (MQTT 5 4.8.2)
                 granted.append((sub, new))
+        conn.durable()
         conn.send(SubAck(packet.packet_id, codes))
         if hooks.on_subscribed is not None:
             hooks.on_subscribed(conn, packet, codes)
@@ -142,6 +143,7 @@ class SubscribeFlow:
         for topic_filter in packet.topic_filters:
             existed = subscriptions.remove(session, topic_filter)
             codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        conn.durable()
         conn.send(UnsubAck(packet.packet_id, codes if conn.v5 else []))
         if hooks.on_unsubscribed is not None:
             hooks.on_unsubscribed(conn, packet)
