@@ -27,6 +27,8 @@ from .hooks.builtin import ListenerAccess, SysPublisher
 from .inline import Callback, Inline, InlineSubscription
 from .listeners import REGISTRY, Acceptor, Listener
 from .message import Message
+from .persistence import StorageWriter
+from .records import StorageError
 from .stats import Stats
 
 log = logging.getLogger("midge.broker")
@@ -35,6 +37,8 @@ plugins_log = logging.getLogger("midge.plugins")
 #: seconds between the sweeps that tell the engine the time (CONNECT timeouts,
 #: keepalive, expiry, will delay)
 SWEEP_INTERVAL = 0.5
+#: sweeps between two records of the counters in storage (one minute)
+COUNTERS_EVERY = 120
 
 
 class Broker:
@@ -74,6 +78,8 @@ class Broker:
         #: plugins whose deferred calls are being run, and an event for when none are
         self._workers: set[str] = set()
         self._drained: anyio.Event | None = None
+        #: commits to the storage plugin's backend (None: state is kept in memory only)
+        self.storage: StorageWriter | None = None
 
     @property
     def stats(self) -> Stats:
@@ -105,6 +111,8 @@ class Broker:
                 self._groups.append(group)
             service = self._groups[0]
             hooks.wake = self._wake
+            if self.storage is not None:
+                service.start_soon(self.storage.run)
             service.start_soon(self._sweep_loop)
             if self.limits.sys_interval and hooks.on_sys_info_tick is not None:
                 service.start_soon(self._sys_loop)
@@ -149,6 +157,10 @@ class Broker:
         # the task groups are left outside the shields, in the scopes they were entered
         timeout = self.limits.shutdown_timeout
         await self._close_listeners()
+        if self.storage is not None:
+            # what waits for a commit is acknowledged before the clients are told 0x8B
+            with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+                await self.storage.flush()
         engine = self.engine
         log.info("shutting down: closing %d connections", len(engine.connections))
         engine.close_all(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
@@ -163,6 +175,8 @@ class Broker:
         await self._leave(self._groups.pop())  # connections
         await self._leave(self._groups.pop())  # plugin tasks
         await self._drain(timeout)
+        if self.storage is not None:
+            await self.storage.close(timeout)
         await self._leave(self._groups.pop())  # service
         self.hooks.wake = None
         await self._stopped(timeout)
@@ -177,6 +191,13 @@ class Broker:
         while self._groups:
             await self._leave(self._groups.pop())
         await self._close_listeners()
+        if self.storage is not None:
+            storage, self.storage = self.storage, None
+            with anyio.CancelScope(shield=True):
+                try:
+                    await storage.storage.close()
+                except Exception:
+                    log.exception("storage %s: closing failed", storage.storage.name)
         self.hooks.wake = None
         self.hooks.discard_deferred()
         self._stop = None
@@ -196,9 +217,13 @@ class Broker:
         log.info("stopped")
 
     async def _sweep_loop(self) -> None:
+        sweeps = 0
         while True:
             await anyio.sleep(SWEEP_INTERVAL)
             self.engine.tick(time.monotonic())
+            sweeps += 1
+            if self.storage is not None and sweeps % COUNTERS_EVERY == 0:
+                self.engine.save_counters()
 
     async def _sys_loop(self) -> None:
         while True:
@@ -327,6 +352,12 @@ class Broker:
     async def _restore(self) -> None:
         """Ask storage plugins for the state to continue from, once, in hookspec order."""
         hooks = self.hooks
+        if hooks.storage_backend is not None:
+            backend = hooks.storage_backend()
+            if backend is not None:
+                writer = StorageWriter(backend, self.engine)
+                self.storage = writer
+                await writer.open()
         call = hooks.call_awaiting
         self.engine.restore(
             await call(hooks.stored_clients) or (),

@@ -23,6 +23,7 @@ from ._version import __version__
 from .broker import Broker
 from .config import ConfigError, Settings, load
 from .hooks import PluginError
+from .records import StorageError
 
 log = logging.getLogger("midge")
 
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[Exception] = []
     try:
         anyio.run(serve, broker, backend_options=_backend_options())
-    except* OSError as group:
+    except* (OSError, StorageError) as group:
         # task groups wrap a bind failure in (nested) exception groups
         failures.extend(_leaves(group))
     except* KeyboardInterrupt:

@@ -206,17 +206,17 @@ class Storage(Protocol):
     async def close(self) -> None: ...
 
 
-def storage_options(table: dict[str, Any], where: str) -> tuple[Durability, float]:
+def storage_options(table: dict[str, Any]) -> tuple[Durability, float]:
     """The ``durability`` and ``flush_interval`` keys every storage plugin takes."""
     durability = table.get("durability", "sync")
     if durability not in ("sync", "periodic"):
-        raise PluginConfigError(f"{where}.durability",
+        raise PluginConfigError("durability",
                                 f"{durability!r} is not allowed; use \"sync\" or \"periodic\"")
     interval = table.get("flush_interval", 1.0)
     if isinstance(interval, bool) or not isinstance(interval, int | float) or not (
         0.001 <= interval <= 3600
     ):
-        raise PluginConfigError(f"{where}.flush_interval",
+        raise PluginConfigError("flush_interval",
                                 f"{interval!r} is not a number of seconds in 0.001..3600")
     return durability, float(interval)
 
