@@ -40,6 +40,7 @@ class StorageWriter:
         self._retry: Batch | None = None
         #: commits done and the time they took, for measurements and logs
         self.commits = 0
+        self.changes = 0
         self.commit_seconds = 0.0
 
     async def open(self) -> dict[str, int]:
@@ -91,6 +92,8 @@ class StorageWriter:
             delay = RETRY_FIRST
             while True:
                 started = time.perf_counter()
+                if not len(batch):
+                    break  # every change cancelled out: nothing to write
                 try:
                     # a commit that started finishes even when the writer is cancelled
                     with anyio.CancelScope(shield=True):
@@ -110,6 +113,7 @@ class StorageWriter:
                 self._failing = False
                 log.warning("storage %s: commits succeed again", self.storage.name)
             self.commits += 1
+            self.changes += len(batch)
             self.commit_seconds += time.perf_counter() - started
             self.journal.committed_upto(batch.seq)
 
@@ -119,6 +123,10 @@ class StorageWriter:
 
     async def close(self, timeout: float) -> None:
         """Record the counters, commit what is left (within ``timeout``) and close."""
+        if self.commits:
+            log.info("storage %s: %d commits, %.1f changes and %.2f ms each on average",
+                     self.storage.name, self.commits, self.changes / self.commits,
+                     1000 * self.commit_seconds / self.commits)
         self.engine.save_counters()
         with anyio.CancelScope(shield=True), anyio.move_on_after(timeout) as scope:
             await self.flush()

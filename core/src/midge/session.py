@@ -18,7 +18,7 @@ class DurableLog(Protocol):
     """Where a persistent session reports the changes of its deliveries (the engine's
     journal); a session without one (a clean session) reports nothing."""
 
-    def delivery(self, session: Session, out: Outbound) -> None: ...
+    def delivery(self, session: Session, out: Outbound, new: bool = False) -> None: ...
 
     def delivery_done(self, session: Session, out: Outbound) -> None: ...
 
@@ -127,7 +127,7 @@ class Session:
                 self.inflight[pid] = out
                 if journal is not None:
                     out.order = journal.next_order()
-                    journal.delivery(self, out)
+                    journal.delivery(self, out, True)
                 return Enqueued.SEND
             exhausted = True
         if len(self.pending) >= self.max_queued:
@@ -135,7 +135,7 @@ class Session:
         self.pending.append(out)
         if journal is not None:
             out.order = journal.next_order()
-            journal.delivery(self, out)
+            journal.delivery(self, out, True)
         return Enqueued.NO_PACKET_ID if exhausted else Enqueued.QUEUED
 
     def sendable(self, now: float | None = None) -> list[Outbound]:

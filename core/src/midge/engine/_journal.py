@@ -34,8 +34,8 @@ class Journal:
     """The batch gathering now, the last committed sequence, and the held outboxes."""
 
     __slots__ = (
-        "_clock", "_offset", "_records", "batch", "changes", "committed", "enabled",
-        "hold_acks", "holding", "order", "wake",
+        "_clock", "_dirty", "_live", "_new", "_offset", "_records", "batch", "changes",
+        "committed", "enabled", "hold_acks", "holding", "order", "wake",
     )
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -60,6 +60,15 @@ class Journal:
         self.wake: Callable[[], None] | None = None
         #: message -> its record, so a message queued to many sessions is built once
         self._records: dict[int, tuple[Message, MessageRecord]] = {}
+        #: deliveries changed in this batch, as the live objects: their records are made
+        #: when the batch is taken, so a delivery that changes several times in one
+        #: batch is encoded once, in its last state
+        self._live: dict[tuple[str, int], tuple[Session, Outbound]] = {}
+        #: of those, the ones first recorded in this batch: finished before the batch is
+        #: taken, they are never written at all
+        self._new: set[tuple[str, int]] = set()
+        #: something changed since the last ``take``
+        self._dirty = False
 
     def enable(self, wall_now: float, hold_acks: bool) -> None:
         self.enabled = True
@@ -83,18 +92,29 @@ class Journal:
         self.changes += 1
         if session is not None:
             session.seq = batch.seq
-        if len(batch) == 0 and self.wake is not None:
-            self.wake()
+        if not self._dirty:
+            self._dirty = True
+            if self.wake is not None:
+                self.wake()
         return batch
 
     def take(self) -> Batch | None:
         """The gathered batch, to commit now (None: nothing changed); the next one starts
-        gathering."""
-        batch = self.batch
-        if not len(batch):
+        gathering. It may be empty when every change cancelled out: committing it is
+        then only releasing what waited for it."""
+        if not self._dirty:
             return None
-        self.batch = Batch(batch.seq + 1)
+        batch = self.batch
+        deliveries = batch.deliveries
+        for key, (session, out) in self._live.items():
+            deliveries[key] = DeliveryRecord(
+                session.client_id, out.order, self.message(out.message), out.qos, out.retain,
+                out.subscription_ids, out.packet_id, out.released)
+        self._live.clear()
+        self._new.clear()
         self._records.clear()
+        self._dirty = False
+        self.batch = Batch(batch.seq + 1)
         return batch
 
     def committed_upto(self, seq: int) -> None:
@@ -108,7 +128,7 @@ class Journal:
     @property
     def pending(self) -> bool:
         """Something is recorded or held that is not committed yet."""
-        return bool(len(self.batch)) or bool(self.holding)
+        return self._dirty or bool(self.holding)
 
     # -- holding acknowledgements ----------------------------------------------------------
 
@@ -172,6 +192,9 @@ class Journal:
         for table in (batch.subscriptions, batch.deliveries, batch.inbound):
             for key in [key for key in table if key[0] == cid]:
                 del table[key]  # type: ignore[attr-defined]
+        for key in [key for key in self._live if key[0] == cid]:
+            del self._live[key]
+            self._new.discard(key)
 
     def subscribed(self, session: Session, sub: Subscription, identifier: int) -> None:
         if session.journal is not None:
@@ -198,14 +221,23 @@ class Journal:
         self._records[id(message)] = (message, record)
         return record
 
-    def delivery(self, session: Session, out: Outbound) -> None:
-        cid = session.client_id
-        self._touch(session).deliveries[(cid, out.order)] = DeliveryRecord(
-            cid, out.order, self.message(out.message), out.qos, out.retain,
-            out.subscription_ids, out.packet_id, out.released)
+    def delivery(self, session: Session, out: Outbound, new: bool = False) -> None:
+        """A delivery was queued (``new``) or changed (packet id, QoS 2 phase)."""
+        key = (session.client_id, out.order)
+        self._touch(session)
+        self._live[key] = (session, out)
+        if new:
+            self._new.add(key)
 
     def delivery_done(self, session: Session, out: Outbound) -> None:
-        self._touch(session).deliveries[(session.client_id, out.order)] = None
+        """A delivery finished or was dropped."""
+        key = (session.client_id, out.order)
+        batch = self._touch(session)
+        self._live.pop(key, None)
+        if key in self._new:
+            self._new.discard(key)  # never written: nothing to delete
+        else:
+            batch.deliveries[key] = None
 
     def inbound(self, session: Session, packet_id: int, present: bool) -> None:
         self._touch(session).inbound[(session.client_id, packet_id)] = present

@@ -1,16 +1,22 @@
 """midge-storage-sqlite: the broker's state in one SQLite file, committed in groups.
 
-The rule: one table of (group, field, value) rows in the layout ``midge.records`` defines;
-each Batch is one transaction (one WAL sync with ``durability = "sync"``); a file that
-cannot be opened, is not a database, or was written by a newer format stops startup with
-a StorageError naming the file. Deleted rows' pages are reused, so the file does not grow
-while a stream of messages passes through a persistent session.
+The rule: the state is a table of (group, field, value) rows in the layout
+``midge.records`` defines, plus a log: each Batch is appended to the log as one row, in
+one transaction (one WAL sync with ``durability = "sync"``), so a commit costs one insert
+however many messages it holds. The plugin keeps the log's net effect in memory (a
+delivery written and finished within the log cancels out) and checkpoints it into the
+table once the log passes ``CHECKPOINT_BYTES``, and at close; a restart reads the table
+and replays the log. Deleted rows' pages are reused, so the file does not grow while a
+stream of messages passes through a persistent session. A file that cannot be opened,
+is not a database, or was written by a newer format stops startup with a StorageError
+naming the file.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +43,57 @@ log = logging.getLogger("midge.plugins.storage_sqlite")
 _KEYS = {"path", "durability", "flush_interval"}
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS kv (g BLOB NOT NULL, f BLOB NOT NULL, v BLOB NOT NULL, "
-    "PRIMARY KEY (g, f)) WITHOUT ROWID"
+    "PRIMARY KEY (g, f)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, data BLOB NOT NULL)",
 )
+#: log bytes after which the log is checkpointed into the table
+CHECKPOINT_BYTES = 8 << 20
+
+_CLEAR, _PUT, _DELETE = 0, 1, 2
+
+
+def _frame(kind: int, group: bytes, name: bytes = b"", value: bytes = b"") -> bytes:
+    return (bytes((kind,)) + len(group).to_bytes(4, "big") + group
+            + len(name).to_bytes(4, "big") + name + len(value).to_bytes(4, "big") + value)
+
+
+def _entries(data: bytes) -> Iterator[tuple[int, bytes, bytes, bytes]]:
+    """The (kind, group, field, value) entries of one log row."""
+    pos, end = 0, len(data)
+    while pos < end:
+        kind = data[pos]
+        pos += 1
+        parts = []
+        for _ in range(3):
+            size = int.from_bytes(data[pos:pos + 4], "big")
+            pos += 4
+            parts.append(data[pos:pos + size])
+            pos += size
+        if pos > end:
+            raise StorageError("a log entry is truncated")
+        yield kind, parts[0], parts[1], parts[2]
+
+
+class _Net:
+    """The net effect of the log on the table: groups cleared, then puts and deletes."""
+
+    def __init__(self) -> None:
+        self.cleared: set[bytes] = set()
+        self.rows: dict[tuple[bytes, bytes], bytes | None] = {}
+
+    def clear(self, group: bytes) -> None:
+        self.cleared.add(group)
+        for key in [key for key in self.rows if key[0] == group]:
+            del self.rows[key]
+
+    def apply(self, kind: int, group: bytes, name: bytes, value: bytes) -> None:
+        if kind == _CLEAR:
+            self.clear(group)
+        else:
+            self.rows[(group, name)] = value if kind == _PUT else None
+
+    def __bool__(self) -> bool:
+        return bool(self.cleared or self.rows)
 
 
 class SQLiteStorage:
@@ -51,6 +106,10 @@ class SQLiteStorage:
         self.durability: Durability = durability
         self.flush_interval = flush_interval
         self._db: aiosqlite.Connection | None = None
+        self._net = _Net()
+        self._log_bytes = 0
+        #: the next log row
+        self._seq = 1
 
     def _fail(self, what: str, exc: BaseException) -> StorageError:
         return StorageError(f"{self.name}: {what}: {exc}")
@@ -66,7 +125,8 @@ class SQLiteStorage:
             sync = "FULL" if self.durability == "sync" else "NORMAL"
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute(f"PRAGMA synchronous={sync}")
-            await db.execute(_SCHEMA)
+            for statement in _SCHEMA:
+                await db.execute(statement)
             async with db.execute("SELECT v FROM kv WHERE g = ? AND f = ?",
                                   (META, b"version")) as cursor:
                 row = await cursor.fetchone()
@@ -91,35 +151,95 @@ class SQLiteStorage:
         try:
             async with db.execute("SELECT g, f, v FROM kv") as cursor:
                 rows = await cursor.fetchall()
+            async with db.execute("SELECT seq, data FROM log ORDER BY seq") as cursor:
+                log_rows = await cursor.fetchall()
         except sqlite3.Error as exc:
             raise self._fail("cannot read", exc) from None
-        return snapshot_from_items((bytes(g), bytes(f), bytes(v)) for g, f, v in rows)
+        table: dict[tuple[bytes, bytes], bytes] = {
+            (bytes(g), bytes(f)): bytes(v) for g, f, v in rows}
+        net = self._net
+        for seq, data in log_rows:
+            self._seq = seq + 1
+            self._log_bytes += len(data)
+            for kind, group, name, value in _entries(bytes(data)):
+                net.apply(kind, group, name, value)
+        for group in net.cleared:
+            for key in [key for key in table if key[0] == group]:
+                del table[key]
+        for key, value in net.rows.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        return snapshot_from_items((g, f, v) for (g, f), v in table.items())
 
     async def commit(self, batch: Batch) -> None:
         db = self._conn()
         groups, items = batch.items()
-        puts = [(g, f, v) for g, f, v in items if v is not None]
-        deletes = [(g, f) for g, f, v in items if v is None]
+        net = self._net
+        frames = []
+        for group in groups:
+            frames.append(_frame(_CLEAR, group))
+            net.clear(group)
+        rows = net.rows
+        for group, name, value in items:
+            if value is None:
+                frames.append(_frame(_DELETE, group, name))
+            else:
+                frames.append(_frame(_PUT, group, name, value))
+            rows[(group, name)] = value
+        data = b"".join(frames)
+        try:
+            # one statement outside a transaction is one transaction: one sync
+            await db.execute("INSERT INTO log VALUES (?, ?)", (self._seq, data))
+        except sqlite3.Error as exc:
+            raise self._fail("cannot write", exc) from None
+        self._seq += 1
+        self._log_bytes += len(data)
+        if self._log_bytes >= CHECKPOINT_BYTES:
+            try:
+                await self.checkpoint()
+            except StorageError as exc:
+                # the batch is in the log: it is committed; the checkpoint is retried
+                # after the next commit
+                log.warning("%s", exc)
+
+    async def checkpoint(self) -> None:
+        """Apply the log's net effect to the table and empty the log, in one
+        transaction."""
+        db = self._conn()
+        net = self._net
+        puts = [(g, f, v) for (g, f), v in net.rows.items() if v is not None]
+        deletes = [key for key, v in net.rows.items() if v is None]
         try:
             await db.execute("BEGIN")
             try:
-                if groups:
+                if net.cleared:
                     await db.executemany("DELETE FROM kv WHERE g = ?",
-                                         [(g,) for g in groups])
+                                         [(g,) for g in net.cleared])
                 if deletes:
                     await db.executemany("DELETE FROM kv WHERE g = ? AND f = ?", deletes)
                 if puts:
                     await db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", puts)
+                await db.execute("DELETE FROM log")
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
             await db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise self._fail("cannot write", exc) from None
+            raise self._fail("cannot checkpoint", exc) from None
+        self._net = _Net()
+        self._log_bytes = 0
 
     async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
+        db = self._db
+        if db is None:
+            return
+        try:
+            if self._net or self._log_bytes:
+                await self.checkpoint()
+        finally:
+            self._db = None
             await db.close()
 
 
