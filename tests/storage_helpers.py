@@ -7,6 +7,7 @@ socket with midge's own codec; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -191,7 +192,7 @@ class Raw:
         try:
             while True:
                 yield self.recv()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return
 
     def connect(self, client_id: str, clean: bool, expiry: int = 0) -> ConnAck:
@@ -208,10 +209,8 @@ class Raw:
         return ack
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 class Receiver:

@@ -7,6 +7,7 @@ for each backend, with the subscriber offline during the load and with it online
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -99,10 +100,8 @@ def _run(tmp_path: Path, backend: str, qos: int, online: bool,
     consumer: threading.Thread | None = None
     if online:
         def consume() -> None:
-            try:
+            with contextlib.suppress(ConnectionError, OSError):
                 receiver.drain(sub, 30.0)
-            except (ConnectionError, OSError):
-                pass
 
         consumer = threading.Thread(target=consume, daemon=True)
         consumer.start()

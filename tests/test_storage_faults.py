@@ -27,7 +27,7 @@ from storage_helpers import (
 )
 from test_storage_crash import Publisher
 
-from midge.codec import PROTOCOL_5, Connect, Property, Publish, Will
+from midge.codec import PROTOCOL_5, ConnAck, Connect, Property, Publish, Will
 
 
 def _start_fails(tmp_path: Path, storage: str) -> str:
@@ -208,7 +208,8 @@ def test_a_delayed_will_survives_kill_9(tmp_path: Path, backend: str) -> None:
                                                        Property.USER_PROPERTY: [("a", "1")]})
     client.send(Connect("dev", PROTOCOL_5, False, 60, will=will,
                         properties={Property.SESSION_EXPIRY_INTERVAL: 300}))
-    assert client.recv().reason_code == 0  # type: ignore[attr-defined]
+    connack = client.recv()
+    assert isinstance(connack, ConnAck) and connack.reason_code == 0
     broker.kill()
     client.close()
     started = time.monotonic()
@@ -255,7 +256,7 @@ def test_space_is_reclaimed_when_messages_pass_through_a_session(
         pub.connect("pub", True)
         payload = b"x" * 1000
         sizes = []
-        for rnd in range(4):
+        for _ in range(4):
             for n in range(5000):
                 pub.send(Publish("load/t", payload, 1, packet_id=n % 60000 + 1), now=False)
                 if n % 50 == 49:
@@ -263,9 +264,8 @@ def test_space_is_reclaimed_when_messages_pass_through_a_session(
                     for _ in range(50):
                         pub.recv()
             time.sleep(0.5)
-            sizes.append(sum(f.stat().st_size for f in tmp_path.rglob("*")
-                             if f.is_file() and "midge" in f.name or f.suffix == ".mdb"))
-            del rnd
+            store = [*tmp_path.glob("midge.db*"), *tmp_path.glob("midge-lmdb/*")]
+            sizes.append(sum(f.stat().st_size for f in store))
         stop.set()
         consumer.join(5)
         sub.close()

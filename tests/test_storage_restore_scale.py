@@ -89,6 +89,6 @@ def test_restore_of_100000_retained_and_10000_sessions(make_storage: object) -> 
                     sum(len(s.pending) for s in engine.sessions.values()))
 
     took, retained, sessions, queued = anyio.run(main)
-    print(f"restore of {RETAINED} retained and {SESSIONS} sessions: {took:.2f} s")
+    print(f"restore of {RETAINED} retained and {SESSIONS} sessions: {took:.2f} s")  # noqa: T201
     assert (retained, sessions, queued) == (RETAINED, SESSIONS, SESSIONS)
     assert took < BOUND_SECONDS

@@ -14,8 +14,8 @@ import anyio
 import pytest
 from conftest import RawClient, RunningBroker
 
-from midge.codec import Connect as ConnectPacket
 from midge.codec import ConnAck, PubAck, Publish, SubAck, Subscribe, Subscription
+from midge.codec import Connect as ConnectPacket
 from midge.records import Batch
 from midge.storage_contract import MemoryStorage, StorageProvider
 

@@ -28,7 +28,6 @@ from .inline import Callback, Inline, InlineSubscription
 from .listeners import REGISTRY, Acceptor, Listener
 from .message import Message
 from .persistence import StorageWriter
-from .records import StorageError
 from .stats import Stats
 
 log = logging.getLogger("midge.broker")

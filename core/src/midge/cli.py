@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import resource
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,7 +25,12 @@ from ._version import __version__
 from .broker import Broker
 from .config import ConfigError, Settings, load
 from .hooks import PluginError
+from .hooks.loader import discover
 from .records import StorageError
+
+#: without a config file, this storage plugin is activated when it is installed
+DEFAULT_STORAGE = "storage_sqlite"
+DEFAULT_STORAGE_PATH = "midge.db"
 
 log = logging.getLogger("midge")
 
@@ -60,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     parser.add_argument(
+        "--no-storage", action="store_true",
+        help="without -c: keep the state in memory even when midge-storage-sqlite is installed",
+    )
+    parser.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="log line format"
     )
     parser.add_argument("--version", action="version", version=f"midge {__version__}")
@@ -94,6 +105,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "(use -c FILE to configure listeners and authentication)",
         settings.listeners[0].port,
     )
+    if not args.no_storage and DEFAULT_STORAGE in discover():
+        # the embedded default: installed, it keeps the state beside the working directory
+        settings = dataclasses.replace(
+            settings, plugins={DEFAULT_STORAGE: {"path": DEFAULT_STORAGE_PATH}})
+        log.info("keeping the broker's state in %s (storage_sqlite; --no-storage: in memory)",
+                 Path(DEFAULT_STORAGE_PATH).resolve())
     return settings
 
 

@@ -294,24 +294,24 @@ class _Writer:
     def __init__(self) -> None:
         self.out = bytearray(b"\x01")
 
-    def int(self, value: int, size: int = 4) -> None:
+    def u(self, value: int, size: int = 4) -> None:
         self.out += value.to_bytes(size, "big")
 
-    def float(self, value: float | None) -> None:
+    def f64(self, value: float | None) -> None:
         if value is None:
             self.out += b"\x00"
         else:
             self.out += b"\x01" + _D.pack(value)
 
-    def bytes(self, value: bytes) -> None:
+    def blob(self, value: bytes) -> None:
         self.out += len(value).to_bytes(4, "big")
         self.out += value
 
-    def str(self, value: str | None) -> None:
+    def text(self, value: str | None) -> None:
         if value is None:
             self.out += b"\xff\xff\xff\xff"
         else:
-            self.bytes(value.encode())
+            self.blob(value.encode())
 
     def props(self, value: Properties, packet: int) -> None:
         self.out += encode_properties(value, packet)
@@ -326,12 +326,12 @@ class _Reader:
         self.buf = buf
         self.pos = 1
 
-    def int(self, size: int = 4) -> int:
+    def u(self, size: int = 4) -> int:
         pos = self.pos
         self.pos = pos + size
         return int.from_bytes(self.buf[pos:pos + size], "big")
 
-    def float(self) -> float | None:
+    def f64(self) -> float | None:
         flag = self.buf[self.pos]
         self.pos += 1
         if not flag:
@@ -340,17 +340,17 @@ class _Reader:
         self.pos += 8
         return float(value)
 
-    def bytes(self) -> bytes:
-        size = self.int()
+    def blob(self) -> bytes:
+        size = self.u()
         pos = self.pos
         self.pos = pos + size
         return self.buf[pos:pos + size]
 
-    def str(self) -> str | None:
+    def text(self) -> str | None:
         if self.buf[self.pos:self.pos + 4] == b"\xff\xff\xff\xff":
             self.pos += 4
             return None
-        return self.bytes().decode()
+        return self.blob().decode()
 
     def props(self, packet: int) -> Properties:
         try:
@@ -361,23 +361,23 @@ class _Reader:
 
 
 def _message(w: _Writer, m: MessageRecord) -> None:
-    w.str(m.topic)
-    w.bytes(m.payload)
-    w.int(m.qos | (m.retain << 2), 1)
+    w.text(m.topic)
+    w.blob(m.payload)
+    w.u(m.qos | (m.retain << 2), 1)
     w.props(m.properties, _PUBLISH)
-    w.str(m.origin)
-    w.float(m.created)
-    w.float(m.expires)
+    w.text(m.origin)
+    w.f64(m.created)
+    w.f64(m.expires)
 
 
 def _read_message(r: _Reader) -> MessageRecord:
-    topic = r.str() or ""
-    payload = r.bytes()
-    flags = r.int(1)
+    topic = r.text() or ""
+    payload = r.blob()
+    flags = r.u(1)
     props = r.props(_PUBLISH)
-    origin = r.str() or ""
-    created = r.float() or 0.0
-    expires = r.float()
+    origin = r.text() or ""
+    created = r.f64() or 0.0
+    expires = r.f64()
     return MessageRecord(topic, payload, flags & 3, bool(flags & 4), props, origin, created,
                          expires)
 
@@ -394,73 +394,73 @@ def decode_message(raw: bytes) -> MessageRecord:
 
 def encode_session(s: SessionRecord) -> bytes:
     w = _Writer()
-    w.int(0xFFFF_FFFF_FF if s.expiry_interval is None else s.expiry_interval, 5)
-    w.float(s.disconnected_at)
-    w.str(s.username)
-    w.int(s.protocol_level, 1)
+    w.u(0xFFFF_FFFF_FF if s.expiry_interval is None else s.expiry_interval, 5)
+    w.f64(s.disconnected_at)
+    w.text(s.username)
+    w.u(s.protocol_level, 1)
     will = s.will
     if will is None:
-        w.int(0, 1)
+        w.u(0, 1)
     else:
-        w.int(1 | (will.qos << 1) | (will.retain << 3), 1)
-        w.str(will.topic)
-        w.bytes(will.payload)
+        w.u(1 | (will.qos << 1) | (will.retain << 3), 1)
+        w.text(will.topic)
+        w.blob(will.payload)
         w.props(will.properties, WILL)
-        w.float(will.due)
+        w.f64(will.due)
     return bytes(w.out)
 
 
 def decode_session(client_id: str, raw: bytes) -> SessionRecord:
     r = _Reader(raw)
-    expiry: int | None = r.int(5)
+    expiry: int | None = r.u(5)
     if expiry == 0xFFFF_FFFF_FF:
         expiry = None
-    disconnected = r.float()
-    username = r.str()
-    level = r.int(1)
-    flags = r.int(1)
+    disconnected = r.f64()
+    username = r.text()
+    level = r.u(1)
+    flags = r.u(1)
     will = None
     if flags & 1:
-        topic = r.str() or ""
-        payload = r.bytes()
+        topic = r.text() or ""
+        payload = r.blob()
         props = r.props(WILL)
-        will = WillRecord(topic, payload, (flags >> 1) & 3, bool(flags & 8), props, r.float())
+        will = WillRecord(topic, payload, (flags >> 1) & 3, bool(flags & 8), props, r.f64())
     return SessionRecord(client_id, expiry, disconnected, username, level, will)
 
 
 def encode_subscription(s: SubscriptionRecord) -> bytes:
     sub = s.subscription
     w = _Writer()
-    w.int(sub.qos | (sub.no_local << 2) | (sub.retain_as_published << 3)
+    w.u(sub.qos | (sub.no_local << 2) | (sub.retain_as_published << 3)
           | (sub.retain_handling << 4), 1)
-    w.int(s.identifier)
+    w.u(s.identifier)
     return bytes(w.out)
 
 
 def decode_subscription(client_id: str, topic_filter: str, raw: bytes) -> SubscriptionRecord:
     r = _Reader(raw)
-    flags = r.int(1)
+    flags = r.u(1)
     sub = Subscription(topic_filter, flags & 3, bool(flags & 4), bool(flags & 8),
                        (flags >> 4) & 3)
-    return SubscriptionRecord(client_id, sub, r.int())
+    return SubscriptionRecord(client_id, sub, r.u())
 
 
 def encode_delivery(d: DeliveryRecord) -> bytes:
     w = _Writer()
-    w.int(d.qos | (d.retain << 2) | (d.released << 3), 1)
-    w.int(d.packet_id, 2)
-    w.int(len(d.subscription_ids), 2)
+    w.u(d.qos | (d.retain << 2) | (d.released << 3), 1)
+    w.u(d.packet_id, 2)
+    w.u(len(d.subscription_ids), 2)
     for sid in d.subscription_ids:
-        w.int(sid)
+        w.u(sid)
     _message(w, d.message)
     return bytes(w.out)
 
 
 def decode_delivery(client_id: str, order: int, raw: bytes) -> DeliveryRecord:
     r = _Reader(raw)
-    flags = r.int(1)
-    pid = r.int(2)
-    sids = tuple(r.int() for _ in range(r.int(2)))
+    flags = r.u(1)
+    pid = r.u(2)
+    sids = tuple(r.u() for _ in range(r.u(2)))
     message = _read_message(r)
     return DeliveryRecord(client_id, order, message, flags & 3, bool(flags & 4), sids, pid,
                           bool(flags & 8))
@@ -468,19 +468,19 @@ def decode_delivery(client_id: str, order: int, raw: bytes) -> DeliveryRecord:
 
 def encode_counters(counters: dict[str, int]) -> bytes:
     w = _Writer()
-    w.int(len(counters), 2)
+    w.u(len(counters), 2)
     for key, value in sorted(counters.items()):
-        w.str(key)
-        w.int(value, 8)
+        w.text(key)
+        w.u(value, 8)
     return bytes(w.out)
 
 
 def decode_counters(raw: bytes) -> dict[str, int]:
     r = _Reader(raw)
     out: dict[str, int] = {}
-    for _ in range(r.int(2)):
-        key = r.str() or ""
-        out[key] = r.int(8)
+    for _ in range(r.u(2)):
+        key = r.text() or ""
+        out[key] = r.u(8)
     return out
 
 

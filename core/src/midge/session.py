@@ -14,6 +14,7 @@ from typing import Protocol
 from .codec import Subscription
 from .message import Message
 
+
 class DurableLog(Protocol):
     """Where a persistent session reports the changes of its deliveries (the engine's
     journal); a session without one (a clean session) reports nothing."""
@@ -64,13 +65,13 @@ class Session:
         "client_id",
         "expired",
         "expires_at",
-        "offline_since",
         "expiry_interval",
         "inbound_qos2",
         "inflight",
         "journal",
         "max_inflight",
         "max_queued",
+        "offline_since",
         "online",
         "pending",
         "protocol_level",

@@ -57,6 +57,6 @@ __all__ = [
     "PropertySpec", "ProtocolError", "ProtocolViolation", "PubAck", "PubComp", "PubRec",
     "PubRel", "Publish", "ReasonCode", "RemoteProtocolError", "Role", "SubAck",
     "Subscribe", "Subscription", "UnsubAck", "Unsubscribe", "UnsupportedProtocolVersion",
-    "Will", "check_topic_filter", "check_topic_name", "connack_code_v3", "decode_properties", "encode", "encode_properties",
-    "frame_publish", "publish_header",
+    "Will", "check_topic_filter", "check_topic_name", "connack_code_v3", "decode_properties",
+    "encode", "encode_properties", "frame_publish", "publish_header",
 ]

@@ -64,8 +64,9 @@ class Connection:
     __slots__ = (
         "_clock", "_ended", "_owner", "acl_cache", "aliases_in", "auth_method",
         "clean_disconnect", "client_id", "close_reason", "decoder", "hooks", "journal",
-        "keepalive", "last_seen", "listener", "mark", "opened", "outbox", "problem_info", "reauthenticating",
-        "remote", "remote_host", "remote_port", "session", "state", "username", "will",
+        "keepalive", "last_seen", "listener", "mark", "opened", "outbox", "problem_info",
+        "reauthenticating", "remote", "remote_host", "remote_port", "session", "state",
+        "username", "will",
     )
 
     def __init__(

@@ -189,12 +189,15 @@ class Journal:
         batch.cleared.add(cid)
         batch.sessions.pop(cid, None)
         # what this batch recorded for it would outlive the clear: forget it
-        for table in (batch.subscriptions, batch.deliveries, batch.inbound):
-            for key in [key for key in table if key[0] == cid]:
-                del table[key]  # type: ignore[attr-defined]
-        for key in [key for key in self._live if key[0] == cid]:
-            del self._live[key]
-            self._new.discard(key)
+        for key in [key for key in batch.subscriptions if key[0] == cid]:
+            del batch.subscriptions[key]
+        for pair in [pair for pair in batch.deliveries if pair[0] == cid]:
+            del batch.deliveries[pair]
+        for pair in [pair for pair in batch.inbound if pair[0] == cid]:
+            del batch.inbound[pair]
+        for pair in [pair for pair in self._live if pair[0] == cid]:
+            del self._live[pair]
+            self._new.discard(pair)
 
     def subscribed(self, session: Session, sub: Subscription, identifier: int) -> None:
         if session.journal is not None:

@@ -161,11 +161,11 @@ def restore(engine: Parts, snap: Snapshot) -> dict[str, int]:
         if owner is not None and owner.journal is journal:
             owner.inbound_qos2.add(pid)
     retained = 0
-    for record in snap.retained:
-        if record.expires is not None and record.expires <= wall_now:
-            journal.retained(record.topic, None)
+    for kept in snap.retained:
+        if kept.expires is not None and kept.expires <= wall_now:
+            journal.retained(kept.topic, None)
             continue
-        message = _message(journal, record)
+        message = _message(journal, kept)
         router.retained.set(message.topic, message)
         if message.expires_at is not None:
             router.expire_retained_at(message)
@@ -174,8 +174,8 @@ def restore(engine: Parts, snap: Snapshot) -> dict[str, int]:
         if key in ("messages_received", "messages_sent", "messages_dropped",
                    "connections_total"):
             setattr(engine.stats, key, int(value))
-    for conn, will in due_wills:
-        registry.publish_will(conn, will)
+    for conn, due_will in due_wills:
+        registry.publish_will(conn, due_will)
     return {"sessions": len(sessions), "expired_sessions": expired,
             "subscriptions": len(snap.subscriptions), "deliveries": deliveries,
             "expired_deliveries": dropped, "retained": retained,

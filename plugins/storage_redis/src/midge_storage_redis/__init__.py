@@ -81,7 +81,8 @@ class RedisStorage:
         try:
             await client.ping()
             stored = await client.hget(self._k(META), b"version")
-            if check_version(stored, self.name):
+            if check_version(stored if stored is None or isinstance(stored, bytes)
+                             else str(stored).encode(), self.name):
                 await client.hset(self._k(META), b"version", str(FORMAT_VERSION).encode())
         except StorageError:
             await client.aclose()

@@ -166,11 +166,11 @@ class SQLiteStorage:
         for group in net.cleared:
             for key in [key for key in table if key[0] == group]:
                 del table[key]
-        for key, value in net.rows.items():
-            if value is None:
+        for key, change in net.rows.items():
+            if change is None:
                 table.pop(key, None)
             else:
-                table[key] = value
+                table[key] = change
         return snapshot_from_items((g, f, v) for (g, f), v in table.items())
 
     async def commit(self, batch: Batch) -> None:
