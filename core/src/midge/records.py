@@ -55,6 +55,9 @@ class MessageRecord:
     created: float
     #: wall-clock time its Message Expiry Interval ends (None: never)
     expires: float | None = None
+    #: its encoding, made once (a message queued to many sessions, or stored again
+    #: with a new packet id, is encoded once)
+    _encoded: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,7 @@ class Batch:
         sessions' children), then (group, field, value or None to delete) triples."""
         groups = [child_group(cid) for cid in self.cleared]
         out: list[tuple[bytes, bytes, bytes | None]] = []
+        children: dict[str, bytes] = {}
         for cid in self.cleared:
             if cid not in self.sessions:
                 out.append((SESSIONS, cid.encode(), None))
@@ -154,7 +158,10 @@ class Batch:
             out.append((child_group(cid), b"u" + topic_filter.encode(),
                         None if sub is None else encode_subscription(sub)))
         for (cid, order), delivery in self.deliveries.items():
-            out.append((child_group(cid), b"d" + order.to_bytes(8, "big"),
+            group = children.get(cid)
+            if group is None:
+                group = children[cid] = child_group(cid)
+            out.append((group, b"d" + order.to_bytes(8, "big"),
                         None if delivery is None else encode_delivery(delivery)))
         for (cid, pid), present in self.inbound.items():
             out.append((child_group(cid), b"i" + pid.to_bytes(2, "big"),
@@ -382,10 +389,32 @@ def _read_message(r: _Reader) -> MessageRecord:
                          expires)
 
 
+_U4 = struct.Struct(">I")
+_TIME = struct.Struct(">Bd")
+_NO_TIME = b"\x00"
+_DELIVERY = struct.Struct(">BBHH")
+
+
+def _message_bytes(m: MessageRecord) -> bytes:
+    """The fields of a message as ``_message`` writes them (the hot path, cached)."""
+    encoded = m._encoded
+    if encoded is None:
+        topic = m.topic.encode()
+        origin = m.origin.encode()
+        pack = _U4.pack
+        encoded = b"".join((
+            pack(len(topic)), topic, pack(len(m.payload)), m.payload,
+            bytes((m.qos | (m.retain << 2),)),
+            encode_properties(m.properties, _PUBLISH) if m.properties else b"\x00",
+            pack(len(origin)), origin, _TIME.pack(1, m.created),
+            _NO_TIME if m.expires is None else _TIME.pack(1, m.expires),
+        ))
+        object.__setattr__(m, "_encoded", encoded)
+    return encoded
+
+
 def encode_message(m: MessageRecord) -> bytes:
-    w = _Writer()
-    _message(w, m)
-    return bytes(w.out)
+    return b"\x01" + _message_bytes(m)
 
 
 def decode_message(raw: bytes) -> MessageRecord:
@@ -446,14 +475,12 @@ def decode_subscription(client_id: str, topic_filter: str, raw: bytes) -> Subscr
 
 
 def encode_delivery(d: DeliveryRecord) -> bytes:
-    w = _Writer()
-    w.u(d.qos | (d.retain << 2) | (d.released << 3), 1)
-    w.u(d.packet_id, 2)
-    w.u(len(d.subscription_ids), 2)
-    for sid in d.subscription_ids:
-        w.u(sid)
-    _message(w, d.message)
-    return bytes(w.out)
+    sids = d.subscription_ids
+    head = _DELIVERY.pack(1, d.qos | (d.retain << 2) | (d.released << 3), d.packet_id,
+                          len(sids))
+    if sids:
+        head += struct.pack(f">{len(sids)}I", *sids)
+    return head + _message_bytes(d.message)
 
 
 def decode_delivery(client_id: str, order: int, raw: bytes) -> DeliveryRecord:

@@ -112,7 +112,10 @@ class Journal:
                 out.subscription_ids, out.packet_id, out.released)
         self._live.clear()
         self._new.clear()
-        self._records.clear()
+        if len(self._records) > 4096:
+            # kept across batches (a queued delivery is stored again once it gets its
+            # packet id), within bounds
+            self._records.clear()
         self._dirty = False
         self.batch = Batch(batch.seq + 1)
         return batch

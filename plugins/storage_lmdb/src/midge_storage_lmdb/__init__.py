@@ -100,8 +100,8 @@ class LMDBStorage:
     async def load(self) -> Snapshot:
         return await anyio.to_thread.run_sync(self._load)
 
-    def _commit(self, batch: Batch) -> None:
-        groups, items = batch.items()
+    def _commit(self, groups: list[bytes], puts: list[tuple[bytes, bytes]],
+                deletes: list[bytes]) -> None:
         try:
             with self._env.begin(write=True) as txn:
                 if groups:
@@ -112,18 +112,22 @@ class LMDBStorage:
                             while cursor.key()[:len(prefix)] == prefix:
                                 if not cursor.delete():
                                     break
-                for group, name, value in items:
-                    if value is None:
-                        txn.delete(_key(group, name))
-                    else:
-                        txn.put(_key(group, name), value)
+                for key in deletes:
+                    txn.delete(key)
+                if puts:
+                    txn.cursor().putmulti(puts)
         except lmdb.Error as exc:
             raise StorageError(f"{self.name}: cannot write: {exc}") from None
 
     async def commit(self, batch: Batch) -> None:
         if self._env is None:
             raise StorageError(f"{self.name}: not open")
-        await anyio.to_thread.run_sync(self._commit, batch)
+        # encoded here, on the event loop: the worker thread then runs (almost) only
+        # LMDB's C code, which lets go of the GIL, so the loop is never kept waiting
+        groups, items = batch.items()
+        puts = [(_key(g, f), v) for g, f, v in items if v is not None]
+        deletes = [_key(g, f) for g, f, v in items if v is None]
+        await anyio.to_thread.run_sync(self._commit, groups, puts, deletes)
 
     async def close(self) -> None:
         env, self._env = self._env, None
