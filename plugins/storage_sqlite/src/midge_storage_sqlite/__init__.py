@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,26 +53,27 @@ CHECKPOINT_BYTES = 8 << 20
 _CLEAR, _PUT, _DELETE = 0, 1, 2
 
 
-def _frame(kind: int, group: bytes, name: bytes = b"", value: bytes = b"") -> bytes:
-    return (bytes((kind,)) + len(group).to_bytes(4, "big") + group
-            + len(name).to_bytes(4, "big") + name + len(value).to_bytes(4, "big") + value)
+_HEAD = struct.Struct(">BIII")
 
 
 def _entries(data: bytes) -> Iterator[tuple[int, bytes, bytes, bytes]]:
     """The (kind, group, field, value) entries of one log row."""
     pos, end = 0, len(data)
+    head = _HEAD.size
     while pos < end:
-        kind = data[pos]
-        pos += 1
-        parts = []
-        for _ in range(3):
-            size = int.from_bytes(data[pos:pos + 4], "big")
-            pos += 4
-            parts.append(data[pos:pos + size])
-            pos += size
+        if pos + head > end:
+            raise StorageError("a log entry is truncated")
+        kind, gsize, fsize, vsize = _HEAD.unpack_from(data, pos)
+        pos += head
+        group = data[pos:pos + gsize]
+        pos += gsize
+        name = data[pos:pos + fsize]
+        pos += fsize
+        value = data[pos:pos + vsize]
+        pos += vsize
         if pos > end:
             raise StorageError("a log entry is truncated")
-        yield kind, parts[0], parts[1], parts[2]
+        yield kind, group, name, value
 
 
 class _Net:
@@ -177,16 +179,24 @@ class SQLiteStorage:
         db = self._conn()
         groups, items = batch.items()
         net = self._net
-        frames = []
+        pack = _HEAD.pack
+        frames: list[bytes] = []
+        add = frames.append
         for group in groups:
-            frames.append(_frame(_CLEAR, group))
+            add(pack(_CLEAR, len(group), 0, 0))
+            add(group)
             net.clear(group)
         rows = net.rows
         for group, name, value in items:
             if value is None:
-                frames.append(_frame(_DELETE, group, name))
+                add(pack(_DELETE, len(group), len(name), 0))
+                add(group)
+                add(name)
             else:
-                frames.append(_frame(_PUT, group, name, value))
+                add(pack(_PUT, len(group), len(name), len(value)))
+                add(group)
+                add(name)
+                add(value)
             rows[(group, name)] = value
         data = b"".join(frames)
         try:
