@@ -48,7 +48,9 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, data BLOB NOT NULL)",
 )
 #: log bytes after which the log is checkpointed into the table
-CHECKPOINT_BYTES = 8 << 20
+CHECKPOINT_BYTES = 4 << 20
+#: the WAL file is cut back to this after SQLite's own checkpoints
+WAL_LIMIT = 8 << 20
 
 _CLEAR, _PUT, _DELETE = 0, 1, 2
 
@@ -127,6 +129,7 @@ class SQLiteStorage:
             sync = "FULL" if self.durability == "sync" else "NORMAL"
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute(f"PRAGMA synchronous={sync}")
+            await db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             for statement in _SCHEMA:
                 await db.execute(statement)
             async with db.execute("SELECT v FROM kv WHERE g = ? AND f = ?",
