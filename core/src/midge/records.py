@@ -39,9 +39,12 @@ class StorageError(Exception):
 # -- records -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageRecord:
-    """An application message as stored: what was published, when (wall clock)."""
+    """An application message as stored: what was published, when (wall clock).
+
+    Read-only by convention (made once per stored message, so not frozen: see
+    DeliveryRecord)."""
 
     topic: str
     payload: bytes
@@ -99,9 +102,12 @@ class SubscriptionRecord:
     identifier: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeliveryRecord:
-    """A QoS 1/2 delivery to a persistent session: queued (packet id 0) or inflight."""
+    """A QoS 1/2 delivery to a persistent session: queued (packet id 0) or inflight.
+
+    Read-only by convention, like the other records (not frozen only because one is made
+    per delivery change, and a frozen dataclass costs three times as much to make)."""
 
     client_id: str
     #: position in the session's queue (increasing in delivery order)
@@ -409,7 +415,7 @@ def _message_bytes(m: MessageRecord) -> bytes:
             pack(len(origin)), origin, _TIME.pack(1, m.created),
             _NO_TIME if m.expires is None else _TIME.pack(1, m.expires),
         ))
-        object.__setattr__(m, "_encoded", encoded)
+        m._encoded = encoded
     return encoded
 
 
