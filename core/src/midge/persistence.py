@@ -23,6 +23,11 @@ log = logging.getLogger("midge.storage")
 #: seconds between retries of a failed commit: doubling from the first to the last
 RETRY_FIRST = 0.05
 RETRY_MAX = 2.0
+#: seconds a batch gathers after its first change before it is committed: under load
+#: it makes batches larger and commits fewer (each commit costs the event loop a
+#: thread round trip and a write per waiting client), for a latency that stays below
+#: a commit's own sync
+GATHER = 0.002
 
 
 class StorageWriter:
@@ -78,6 +83,7 @@ class StorageWriter:
                 await anyio.sleep(interval)
             else:
                 await self._wake.wait()
+                await anyio.sleep(GATHER)
             self._wake = anyio.Event()
             journal.wake = self._wake.set
             await self.commit_pending()
