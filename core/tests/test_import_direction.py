@@ -20,11 +20,12 @@ PACKAGE = SRC / "midge"
 LAYERS: dict[str, int] = {
     "codec": 0,
     "_version": 1, "errors": 1, "config": 1, "stats": 1, "message": 1, "topics": 1,
-    "session": 1, "api": 1, "logsafe": 1,
+    "session": 1, "api": 1, "logsafe": 1, "records": 1,
     "hooks": 2,
     "engine": 3,
     "listeners": 4,
-    "inline": 5, "broker": 5, "observe": 5, "logs": 5, "systemd": 5,
+    "inline": 5, "broker": 5, "observe": 5, "logs": 5, "systemd": 5, "persistence": 5,
+    "storage_contract": 6,
     "cli": 6, "cli_plugins": 6, "testing": 6, "__main__": 6, "__init__": 6,
 }
 #: what a listener module may import, besides its own package: the engine's façade, the
@@ -33,7 +34,7 @@ LAYERS: dict[str, int] = {
 LISTENER_ALLOWED = {"midge.engine", "midge.api", "midge.config", "midge.stats",
                     "midge.logsafe", "midge._version"}
 #: the only modules that may import the broker shell
-BROKER_IMPORTERS = {"midge.cli", "midge.testing", "midge"}
+BROKER_IMPORTERS = {"midge.cli", "midge.testing", "midge.storage_contract", "midge"}
 
 
 def module_name(path: Path) -> str:

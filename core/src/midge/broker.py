@@ -29,6 +29,7 @@ from .inline import Callback, Inline, InlineSubscription
 from .listeners import REGISTRY, Acceptor, Listener
 from .message import Message
 from .observe import Observatory
+from .persistence import StorageWriter
 from .stats import Stats
 
 log = logging.getLogger("midge.broker")
@@ -37,6 +38,8 @@ plugins_log = logging.getLogger("midge.plugins")
 #: seconds between the sweeps that tell the engine the time (CONNECT timeouts,
 #: keepalive, expiry, will delay)
 SWEEP_INTERVAL = 0.5
+#: sweeps between two records of the counters in storage (one minute)
+COUNTERS_EVERY = 120
 
 
 class Broker:
@@ -84,6 +87,8 @@ class Broker:
         self._not_ready: str | None = "starting"
         #: the broker's figures for observers (the http listener, $SYS)
         self.observatory = Observatory(self.engine, self.hooks, lambda: self._not_ready, self)
+        #: commits to the storage plugin's backend (None: state is kept in memory only)
+        self.storage: StorageWriter | None = None
 
     @property
     def stats(self) -> Stats:
@@ -117,6 +122,8 @@ class Broker:
                 self._groups.append(group)
             service = self._groups[0]
             hooks.wake = self._wake
+            if self.storage is not None:
+                service.start_soon(self.storage.run)
             service.start_soon(self._sweep_loop)
             if self.limits.sys_interval and hooks.on_sys_info_tick is not None:
                 service.start_soon(self._sys_loop)
@@ -168,6 +175,10 @@ class Broker:
         timeout = self.limits.shutdown_timeout
         self._not_ready = "shutting down"
         await self._close_listeners()
+        if self.storage is not None:
+            # what waits for a commit is acknowledged before the clients are told 0x8B
+            with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+                await self.storage.flush()
         engine = self.engine
         log.info("shutting down: closing %d connections", len(engine.connections))
         engine.close_all(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
@@ -183,6 +194,8 @@ class Broker:
         cancelled = await self._leave(self._groups.pop())  # connections
         cancelled = await self._leave(self._groups.pop(), self._task_scopes) or cancelled
         await self._drain(timeout)
+        if self.storage is not None:
+            await self.storage.close(timeout)
         cancelled = await self._leave(self._groups.pop(), self._worker_scopes) or cancelled
         self.hooks.wake = None
         await self._stopped(timeout)
@@ -199,6 +212,13 @@ class Broker:
         while self._groups:
             await self._leave(self._groups.pop())  # the failure being raised says enough
         await self._close_listeners()
+        if self.storage is not None:
+            storage, self.storage = self.storage, None
+            with anyio.CancelScope(shield=True):
+                try:
+                    await storage.storage.close()
+                except Exception:
+                    log.exception("storage %s: closing failed", storage.storage.name)
         self.hooks.wake = None
         self.hooks.discard_deferred()
         self._stop = None
@@ -227,9 +247,13 @@ class Broker:
         log.info("stopped")
 
     async def _sweep_loop(self) -> None:
+        sweeps = 0
         while True:
             await anyio.sleep(SWEEP_INTERVAL)
             self.engine.tick(time.monotonic())
+            sweeps += 1
+            if self.storage is not None and sweeps % COUNTERS_EVERY == 0:
+                self.engine.save_counters()
 
     async def _sys_loop(self) -> None:
         while True:
@@ -382,6 +406,12 @@ class Broker:
     async def _restore(self) -> None:
         """Ask storage plugins for the state to continue from, once, in hookspec order."""
         hooks = self.hooks
+        if hooks.storage_backend is not None:
+            backend = hooks.storage_backend()
+            if backend is not None:
+                writer = StorageWriter(backend, self.engine)
+                self.storage = writer
+                await writer.open()
         call = hooks.call_awaiting
         self.engine.restore(
             await call(hooks.stored_clients) or (),

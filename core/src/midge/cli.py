@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,7 +26,12 @@ from .broker import Broker
 from .config import ConfigError, Settings, load
 from .hooks import PluginError, discover
 from .logs import JsonFormatter, RateLimit
+from .records import StorageError
 from .systemd import Notifier
+
+#: without a config file, this storage plugin is activated when it is installed
+DEFAULT_STORAGE = "storage_sqlite"
+DEFAULT_STORAGE_PATH = "midge.db"
 
 log = logging.getLogger("midge")
 
@@ -49,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument(
+        "--no-storage", action="store_true",
+        help="without -c: keep the state in memory even when midge-storage-sqlite is installed",
+    )
     parser.add_argument(
         "--log-format", choices=("text", "json"), default="text",
         help="log line format (json: one object per line, with client_id, listener and "
@@ -108,6 +118,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "(use -c FILE to configure listeners and authentication)",
         settings.listeners[0].port,
     )
+    if not args.no_storage and DEFAULT_STORAGE in discover():
+        # the embedded default: installed, it keeps the state beside the working directory
+        settings = replace(settings, plugins={DEFAULT_STORAGE: {"path": DEFAULT_STORAGE_PATH}})
+        log.info("keeping the broker's state in %s (storage_sqlite; --no-storage: in memory)",
+                 Path(DEFAULT_STORAGE_PATH).resolve())
     return with_trace(settings) if args.trace else settings
 
 
@@ -222,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[Exception] = []
     try:
         anyio.run(serve, broker, None, limiter, backend_options=_backend_options())
-    except* OSError as group:
+    except* (OSError, StorageError) as group:
         # task groups wrap a bind failure in (nested) exception groups
         failures.extend(_leaves(group))
     except* KeyboardInterrupt:

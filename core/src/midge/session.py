@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from enum import Enum
+from typing import Protocol
 
 from .codec import Subscription
 from .message import Message
@@ -19,6 +20,19 @@ PACKET_ID_MAX = 65535
 #: the owner of a session restored without one: the first user to take it claims it (a
 #: user name cannot hold U+0000 [MQTT-1.5.4-2], so no user is called this)
 UNCLAIMED = "\x00unclaimed"
+
+
+class DurableLog(Protocol):
+    """Where a persistent session reports the changes of its deliveries (the engine's
+    journal); a session without one (a clean session) reports nothing."""
+
+    def delivery(self, session: Session, out: Outbound, new: bool = False) -> None: ...
+
+    def delivery_done(self, session: Session, out: Outbound) -> None: ...
+
+    def inbound(self, session: Session, packet_id: int, present: bool) -> None: ...
+
+    def next_order(self) -> int: ...
 
 
 class Enqueued(Enum):
@@ -33,7 +47,8 @@ class Enqueued(Enum):
 class Outbound:
     """One QoS 1/2 delivery to this session's client."""
 
-    __slots__ = ("message", "packet_id", "qos", "released", "retain", "subscription_ids")
+    __slots__ = ("message", "order", "packet_id", "qos", "released", "retain",
+                 "subscription_ids")
 
     def __init__(
         self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...] = ()
@@ -45,6 +60,8 @@ class Outbound:
         self.packet_id = 0
         #: QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP
         self.released = False
+        #: its place in a persistent session's stored queue (0: not stored)
+        self.order = 0
 
 
 class Session:
@@ -58,12 +75,17 @@ class Session:
         "expiry_interval",
         "inbound_qos2",
         "inflight",
+        "journal",
         "max_inflight",
         "max_queued",
+        "offline_since",
         "online",
         "owner",
         "pending",
+        "protocol_level",
+        "seq",
         "subscriptions",
+        "username",
     )
 
     def __init__(
@@ -96,6 +118,15 @@ class Session:
         #: broker to collect (``sendable`` puts them here)
         self.expired: list[Outbound] = []
         self._next_id = 1
+        #: where changes are recorded while the session outlives its connection
+        self.journal: DurableLog | None = None
+        #: the journal batch of its last recorded change
+        self.seq = 0
+        #: of the connection that owns it (kept in storage)
+        self.username: str | None = None
+        self.protocol_level = 4
+        #: engine-clock time its last connection ended (None: online or never connected)
+        self.offline_since: float | None = None
 
     def enqueue(self, out: Outbound, bounded: bool = True) -> Enqueued:
         """Take a QoS 1/2 delivery; SEND means ``out.packet_id`` is set and it must go now.
@@ -103,16 +134,23 @@ class Session:
         subscription asks for, which the client must be sent in full)."""
         # with the window as large as the id space, a full window means no id is left
         exhausted = self.online and len(self.inflight) >= PACKET_ID_MAX
+        journal = self.journal
         if self.online and not self.pending and len(self.inflight) < self.max_inflight:
             pid = self._allocate()
             if pid:
                 out.packet_id = pid
                 self.inflight[pid] = out
+                if journal is not None:
+                    out.order = journal.next_order()
+                    journal.delivery(self, out, True)
                 return Enqueued.SEND
             exhausted = True
         if bounded and len(self.pending) >= self.max_queued:
             return Enqueued.DROPPED
         self.pending.append(out)
+        if journal is not None:
+            out.order = journal.next_order()
+            journal.delivery(self, out, True)
         return Enqueued.NO_PACKET_ID if exhausted else Enqueued.QUEUED
 
     def sendable(self, now: float | None = None) -> list[Outbound]:
@@ -127,7 +165,10 @@ class Session:
             if now is not None:
                 expires_at = pending[0].message.expires_at
                 if expires_at is not None and expires_at <= now:
-                    self.expired.append(pending.popleft())
+                    out = pending.popleft()
+                    self.expired.append(out)
+                    if self.journal is not None:
+                        self.journal.delivery_done(self, out)
                     continue
             pid = self._allocate()
             if not pid:
@@ -136,6 +177,8 @@ class Session:
             out.packet_id = pid
             self.inflight[pid] = out
             ready.append(out)
+            if self.journal is not None:
+                self.journal.delivery(self, out)
         return ready
 
     def puback(self, packet_id: int) -> Outbound | None:
@@ -144,6 +187,8 @@ class Session:
         if out is None or out.qos != 1:
             return None
         del self.inflight[packet_id]
+        if self.journal is not None:
+            self.journal.delivery_done(self, out)
         return out
 
     def pubrec(self, packet_id: int) -> Outbound | None:
@@ -151,7 +196,10 @@ class Session:
         out = self.inflight.get(packet_id)
         if out is None or out.qos != 2:
             return None
-        out.released = True
+        if not out.released:
+            out.released = True
+            if self.journal is not None:
+                self.journal.delivery(self, out)
         return out
 
     def pubcomp(self, packet_id: int) -> Outbound | None:
@@ -160,11 +208,31 @@ class Session:
         if out is None or out.qos != 2 or not out.released:
             return None
         del self.inflight[packet_id]
+        if self.journal is not None:
+            self.journal.delivery_done(self, out)
         return out
 
     def drop(self, packet_id: int) -> Outbound | None:
         """Abandon an inflight delivery (for example a PUBREC with an error reason code)."""
-        return self.inflight.pop(packet_id, None)
+        out = self.inflight.pop(packet_id, None)
+        if out is not None and self.journal is not None:
+            self.journal.delivery_done(self, out)
+        return out
+
+    def receive_qos2(self, packet_id: int) -> None:
+        """A QoS 2 PUBLISH was accepted: its id awaits the client's PUBREL."""
+        self.inbound_qos2.add(packet_id)
+        if self.journal is not None:
+            self.journal.inbound(self, packet_id, True)
+
+    def release_qos2(self, packet_id: int) -> bool:
+        """PUBREL (or a reuse answered 0x91): the id is free again; False if unknown."""
+        if packet_id not in self.inbound_qos2:
+            return False
+        self.inbound_qos2.discard(packet_id)
+        if self.journal is not None:
+            self.journal.inbound(self, packet_id, False)
+        return True
 
     def resume(self) -> list[Outbound]:
         """The client is back: every unfinished delivery, in order, to send again."""

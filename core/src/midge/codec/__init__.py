@@ -45,7 +45,8 @@ from ._packets import (
 )
 from ._primitives import MAX_VARINT, check_topic_filter, check_topic_name
 from ._properties import SPECS as PROPERTY_SPECS
-from ._properties import WILL, Kind, Property, PropertySpec
+from ._properties import WILL, Kind, Property, PropertySpec, encode_properties
+from ._properties import read_properties as decode_properties
 from ._reasons import SUBACK_FAILURE, ConnAckCode, ReasonCode, connack_code_v3
 
 __all__ = [
@@ -56,6 +57,6 @@ __all__ = [
     "PropertySpec", "ProtocolError", "ProtocolViolation", "PubAck", "PubComp", "PubRec",
     "PubRel", "Publish", "ReasonCode", "RemoteProtocolError", "Role", "SubAck",
     "Subscribe", "Subscription", "UnsubAck", "Unsubscribe", "UnsupportedProtocolVersion",
-    "Will", "check_topic_filter", "check_topic_name", "connack_code_v3", "encode",
-    "frame_publish", "publish_header",
+    "Will", "check_topic_filter", "check_topic_name", "connack_code_v3", "decode_properties",
+    "encode", "encode_properties", "frame_publish", "publish_header",
 ]

@@ -241,11 +241,16 @@ class ConnectFlow:
         conn.keepalive = pending.keepalive
         conn.will = packet.will
         conn.session = session
+        session.username = conn.username
+        session.protocol_level = level
+        if conn.journal is not None:
+            conn.journal.track(session, conn.will)
         conn.state = State.CONNECTED
         registry.connected(conn)
         if v5:
             self._connack_properties(ack_props, conn, pending)
             ack_props.update(auth_props)
+        conn.durable()
         # MQTT 3.1 has no Session Present flag: its CONNACK's first byte is reserved
         conn.send(ConnAck(0, present and level != PROTOCOL_31, ack_props))
         clients_log.info(

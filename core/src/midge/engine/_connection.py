@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..session import Session
     from ..stats import Stats
     from ._ask import Ask
+    from ._journal import Journal
 
 log = logging.getLogger("midge.connection")
 
@@ -71,15 +72,16 @@ class Connection:
     __slots__ = (
         "_clock", "_ended", "_owner", "_stats", "acl_cache", "aliases_in", "auth_method",
         "certificate", "clean_disconnect", "client_id", "close_reason", "decoder", "hooks",
-        "id_assigned", "identity", "keepalive", "last_seen", "listener", "opened", "outbox",
-        "problem_info", "reauthenticating", "remote", "remote_host", "remote_port", "session",
-        "state", "username", "will",
+        "id_assigned", "identity", "journal", "keepalive", "last_seen", "listener", "mark",
+        "opened", "outbox", "problem_info", "reauthenticating", "remote", "remote_host",
+        "remote_port", "session", "state", "username", "will",
     )
 
     def __init__(
         self, owner: Owner, driver: Driver, listener: ListenerSettings, host: str, port: int,
         *, hooks: Hooks, clock: Callable[[], float], max_packet_size: int, stats: Stats,
         certificate: PeerCertificate | None = None, identity: str | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._owner = owner
         self._clock = clock
@@ -118,6 +120,10 @@ class Connection:
         #: a re-authentication exchange is in progress (AUTH 0x18 expected)
         self.reauthenticating = False
         self._ended = False
+        #: the engine's journal of durable changes (None: no storage)
+        self.journal = journal
+        #: the journal's change count when the packet being handled was read
+        self.mark = 0
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id or '?'} from {self.remote} {self.state.value}>"
@@ -156,6 +162,13 @@ class Connection:
     def send(self, packet: Packet) -> None:
         self.outbox.send(packet)
 
+    def durable(self) -> None:
+        """The acknowledgement about to be sent depends on what this packet changed:
+        with a storage, it (and what follows it) waits for that change's commit."""
+        journal = self.journal
+        if journal is not None and journal.enabled:
+            journal.hold(self.outbox, self.mark, self.session)
+
     def take_output(self) -> tuple[bytes, int]:
         """What to write now, as one buffer, and how many frames it holds."""
         taken = self.outbox.take()
@@ -172,6 +185,9 @@ class Connection:
         the transport closes. ``why`` is for logs and ``on_disconnect``."""
         if self.closing:
             return
+        # acknowledgements still waiting for a commit are never sent now: the client
+        # repeats what they answer when it comes back
+        self.outbox.drop_held()
         if reason_code is not None and self.state is State.CONNECTED and self.v5:
             props: dict[int, Any] = {}
             if reason and self.problem_info:
@@ -254,10 +270,13 @@ class Connection:
         decoder = self.decoder
         handlers = self._owner.handlers
         received = self._stats.packets_received
+        journal = self.journal
         try:
             while (packet := decoder.next_packet()) is not None:
                 if type(packet) is not Publish:  # PUBLISHes are counted by QoS, in the flow
                     received[type(packet)] += 1
+                if journal is not None:
+                    self.mark = journal.changes
                 if hooks.on_packet_read is not None:
                     try:
                         packet = hooks.on_packet_read(self, packet)

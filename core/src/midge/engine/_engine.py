@@ -32,7 +32,9 @@ from ..stats import Stats
 from ._access import Access
 from ._connect import ConnectFlow
 from ._connection import Connection
+from ._journal import Journal
 from ._publish import PublishFlow
+from ._restore import restore as restore_snapshot
 from ._router import Router
 from ._sessions import Registry
 from ._subscribe import SubscribeFlow
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from ..config import BrokerSettings, ListenerSettings
     from ..hooks import Hooks
     from ..message import Message
+    from ..records import Snapshot
     from ..session import Session
     from ._ask import Ask
     from ._outbox import Driver
@@ -66,10 +69,13 @@ class Engine:
         self.stats = stats or Stats()
         sessions: dict[str, Session] = {}
         clients: dict[str, Connection] = {}
+        #: the durable changes for a storage (recording only once ``journal.enable``)
+        self.journal = Journal(clock)
         self.access = Access(hooks, limits)
-        self.router = Router(limits, hooks, self.stats, self.access, clock, clients, sessions)
+        self.router = Router(limits, hooks, self.stats, self.access, clock, clients, sessions,
+                             self.journal)
         self.registry = Registry(limits, hooks, self.stats, clock, self.router, sessions,
-                                 clients)
+                                 clients, self.journal)
         self.registry.access = self.access
         self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock,
                                         self.access, self.stats)
@@ -116,13 +122,15 @@ class Engine:
              identity: str | None = None) -> Connection:
         """A listener accepted a transport: the Connection its driver feeds."""
         limits = self.limits
+        journal = self.journal
         # until CONNACK only a small packet is accepted: a stranger may not make the
         # broker buffer a 16 MiB CONNECT
         conn = Connection(self, driver, listener, host, port, hooks=self.hooks,
                           clock=self.clock,
                           max_packet_size=min(limits.max_packet_size,
                                               limits.max_connect_packet_size),
-                          stats=self.stats, certificate=certificate, identity=identity)
+                          stats=self.stats, certificate=certificate, identity=identity,
+                          journal=journal if journal.enabled else None)
         self.connections.add(conn)
         self.pending[host] = self.pending.get(host, 0) + 1
         self.listener_counts[listener] = self.listener_counts.get(listener, 0) + 1
@@ -241,6 +249,21 @@ class Engine:
                     "connections_total"):
             if key in sys_info:
                 setattr(self.stats, key, int(sys_info[key]))
+
+    def restore_records(self, snapshot: Snapshot) -> dict[str, int]:
+        """Continue from a storage's Snapshot (the journal must be enabled); returns how
+        many of each kind came back."""
+        return restore_snapshot(self, snapshot)
+
+    def save_counters(self) -> None:
+        """Record the counters that ``sys_info`` continues from after a restart."""
+        stats = self.stats
+        self.journal.counters({
+            "messages_received": stats.messages_received,
+            "messages_sent": stats.messages_sent,
+            "messages_dropped": stats.messages_dropped,
+            "connections_total": stats.connections_total,
+        })
 
     def counts(self) -> dict[str, int]:
         """Sessions, subscriptions and retained messages, for ``sys_info``."""

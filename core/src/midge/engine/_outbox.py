@@ -9,6 +9,7 @@ for the socket; the listener's driver takes the bytes once per event-loop turn.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from ..codec import MAX_VARINT, PROTOCOL_311, Property, Publish, encode
@@ -42,7 +43,7 @@ class Outbox:
 
     __slots__ = (
         "_bytes", "_count", "_driver", "_hooks", "_out", "_owner", "_sent", "_sent_bytes",
-        "alias_max", "aliases", "level", "max_packet", "sealed", "stuck", "waiting",
+        "alias_max", "aliases", "held", "level", "max_packet", "sealed", "stuck", "waiting",
     )
 
     def __init__(self, driver: Driver, hooks: Hooks, owner: Client, stats: Stats) -> None:
@@ -72,6 +73,9 @@ class Outbox:
         self.alias_max = 0
         #: nothing more is accepted (the connection is closing)
         self.sealed = False
+        #: output waiting for storage commits: [commit sequence, frames] in order; while
+        #: anything waits, everything written joins the last entry
+        self.held: deque[tuple[int, list[bytes]]] | None = None
 
     def report(self, stuck_frames: int, stuck_bytes: int) -> None:
         """The driver wrote to its transport: what the transport still holds."""
@@ -81,6 +85,9 @@ class Outbox:
     def write(self, data: bytes) -> None:
         """Queue encoded bytes; never blocks."""
         if self.sealed:
+            return
+        if self.held:
+            self.held[-1][1].append(data)
             return
         self._out.append(data)
         self._count += 1
@@ -99,6 +106,45 @@ class Outbox:
         self._count = 0
         self._bytes = 0
         return (out[0] if count == 1 else b"".join(out)), count
+
+    def hold(self, seq: int) -> bool:
+        """What is written from now on waits until commit ``seq`` is done; True when
+        this outbox was holding nothing before."""
+        held = self.held
+        if held is None:
+            held = self.held = deque()
+        first = not held
+        if first or held[-1][0] < seq:
+            held.append((seq, []))
+        return first
+
+    def release(self, committed: int) -> bool:
+        """Commit ``committed`` is done: queue what waited for it; True when nothing
+        waits any more."""
+        held = self.held
+        if not held:
+            return True
+        if self.sealed:
+            held.clear()
+            return True
+        moved = 0
+        size = 0
+        out = self._out
+        while held and held[0][0] <= committed:
+            frames = held.popleft()[1]
+            out.extend(frames)
+            moved += len(frames)
+            size += sum(len(frame) for frame in frames)
+        if moved:
+            self._count += moved
+            self._bytes += size
+            self.waiting += size
+            self._driver.schedule_flush()
+        return not held
+
+    def drop_held(self) -> None:
+        if self.held:
+            self.held.clear()
 
     def flush_soon(self) -> None:
         self._driver.schedule_flush()
@@ -151,6 +197,8 @@ class Outbox:
         if self._hooks.packet_hooks:
             self.send(message.publish(level, qos, retain, packet_id, subscription_ids, dup,
                                       alias, known, now))
+        elif self.held:
+            self.write(frame)  # waits behind an acknowledgement held for a commit
         elif not self.sealed:
             # write() inlined: this is the delivery hot path
             self._out.append(frame)

@@ -100,6 +100,7 @@ class PublishFlow:
             if packet.packet_id in session.inbound_qos2:
                 if packet.dup or not v5:
                     # a resent duplicate: acknowledge, don't route [MQTT-4.3.3-10]
+                    conn.durable()
                     conn.send(PubRec(packet.packet_id))
                     return None
                 # DUP=0 is a first attempt [MQTT-3.3.1-1]: a new message on a packet id
@@ -109,7 +110,7 @@ class PublishFlow:
                 log.warning("client %s reused packet id %d before releasing it; "
                             "answered 0x91", conn.name, packet.packet_id,
                             extra=conn.log_fields)
-                session.inbound_qos2.discard(packet.packet_id)
+                session.release_qos2(packet.packet_id)
                 self._acknowledge(conn, packet, ReasonCode.PACKET_IDENTIFIER_IN_USE,
                                   "packet identifier in use")
                 return None
@@ -200,11 +201,13 @@ class PublishFlow:
         elif reason:
             props = problem_props(conn, reason)
         if packet.qos == 1:
+            conn.durable()
             conn.send(PubAck(packet.packet_id, code, props))
         elif packet.qos == 2:
             if code < ReasonCode.UNSPECIFIED_ERROR:
                 assert conn.session is not None
-                conn.session.inbound_qos2.add(packet.packet_id)
+                conn.session.receive_qos2(packet.packet_id)
+            conn.durable()
             conn.send(PubRec(packet.packet_id, code, props))
 
     # -- acknowledgements from the client --------------------------------------------------
@@ -231,14 +234,15 @@ class PublishFlow:
         if session.pubrec(packet.packet_id) is None and conn.v5:
             conn.send(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
             return
+        conn.durable()
         conn.send(PubRel(packet.packet_id))
 
     def pubrel(self, conn: Connection, packet: PubRel) -> None:
         session = conn.session
         assert session is not None
         pid = packet.packet_id
-        if pid in session.inbound_qos2:
-            session.inbound_qos2.discard(pid)
+        if session.release_qos2(pid):
+            conn.durable()
             conn.send(PubComp(pid))
         elif conn.v5:
             conn.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))

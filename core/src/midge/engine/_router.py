@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..stats import Stats
     from ._access import Access
     from ._connection import Connection
+    from ._journal import Journal
 
 log = logging.getLogger("midge.broker")
 
@@ -36,10 +37,12 @@ Sink = Callable[[Message], None]
 class Subscriptions:
     """Every session's subscriptions: the trie and the sessions' sets kept together."""
 
-    __slots__ = ("trie",)
+    __slots__ = ("journal", "trie")
 
-    def __init__(self) -> None:
+    def __init__(self, journal: Journal | None = None) -> None:
         self.trie = SubscriptionTrie()
+        #: records the changes of persistent sessions' subscriptions
+        self.journal = journal
 
     def __len__(self) -> int:
         return len(self.trie)
@@ -48,15 +51,20 @@ class Subscriptions:
         """Add or replace a subscription; True when it is new."""
         new = self.trie.add(session.client_id, sub, subscription_id)
         session.subscriptions[sub.topic_filter] = (sub, subscription_id)
+        if session.journal is not None and self.journal is not None:
+            self.journal.subscribed(session, sub, subscription_id)
         return new
 
     def remove(self, session: Session, topic_filter: str) -> bool:
         """Remove a subscription; False when there was none."""
         session.subscriptions.pop(topic_filter, None)
+        if session.journal is not None and self.journal is not None:
+            self.journal.unsubscribed(session, topic_filter)
         return self.trie.remove(session.client_id, topic_filter)
 
     def clear(self, session: Session) -> None:
-        """Remove every subscription of a session."""
+        """Remove every subscription of a session (its stored ones go with the session:
+        nothing is recorded here)."""
         for topic_filter in session.subscriptions:
             self.trie.remove(session.client_id, topic_filter)
         session.subscriptions.clear()
@@ -68,9 +76,10 @@ class Router:
     def __init__(
         self, limits: BrokerSettings, hooks: Hooks, stats: Stats, access: Access,
         clock: Callable[[], float], clients: dict[str, Connection],
-        sessions: dict[str, Session],
+        sessions: dict[str, Session], journal: Journal | None = None,
     ) -> None:
         self._hooks = hooks
+        self._journal = journal
         self._stats = stats
         self._access = access
         self._clock = clock
@@ -84,7 +93,7 @@ class Router:
         self._clients = clients
         #: every session by client id, shared with the registry
         self._sessions = sessions
-        self.subscriptions = Subscriptions()
+        self.subscriptions = Subscriptions(journal)
         self.retained: RetainedIndex[Message] = RetainedIndex()
         #: (deadline, tie-breaker, message) of retained messages that expire
         self._retained_expiry: list[tuple[float, int, Message]] = []
@@ -182,6 +191,10 @@ class Router:
             self.keep_retained(message)
         else:
             self._forget_retained(message.topic)
+        journal = self._journal
+        if journal is not None and journal.enabled and not message.topic.startswith("$SYS/"):
+            # $SYS messages are the broker's own, republished every interval
+            journal.retained(message.topic, message if message.payload else None)
         if self._hooks.on_retain_message is not None:
             self._hooks.on_retain_message(publisher, message, bool(message.payload))
 
@@ -349,6 +362,8 @@ class Router:
     def _expire_retained(self, message: Message) -> None:
         if self.retained.get(message.topic) is message:
             self._forget_retained(message.topic)
+            if self._journal is not None:
+                self._journal.retained(message.topic, None)
             log.debug("retained message on %s expired", safe(message.topic))
             if self._hooks.on_retained_expired is not None:
                 self._hooks.on_retained_expired(message.topic)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ..stats import Stats
     from ._access import Access
     from ._connection import Connection
+    from ._journal import Journal
     from ._router import Router
 
 clients_log = logging.getLogger("midge.clients")
@@ -52,8 +53,11 @@ class Registry:
 
     def __init__(self, limits: BrokerSettings, hooks: Hooks, stats: Stats,
                  clock: Callable[[], float], router: Router,
-                 sessions: dict[str, Session], clients: dict[str, Connection]) -> None:
+                 sessions: dict[str, Session], clients: dict[str, Connection],
+                 journal: Journal | None = None) -> None:
         self._limits = limits
+        #: records persistent sessions (None or disabled: no storage)
+        self.journal = journal
         self._hooks = hooks
         self._stats = stats
         self._clock = clock
@@ -211,9 +215,11 @@ class Registry:
             if session.expiry_interval == 0:
                 expire = True
                 self.discard(session)
-            elif session.expiry_interval is not None:
-                session.expires_at = self._clock() + session.expiry_interval
-                self.expiring[cid] = session
+            else:
+                session.offline_since = self._clock()
+                if session.expiry_interval is not None:
+                    session.expires_at = session.offline_since + session.expiry_interval
+                    self.expiring[cid] = session
         clients_log.info("client %s disconnected: %s", conn.name,
                          safe(conn.close_reason or "closed", 256), extra=conn.log_fields)
         hooks = self._hooks
@@ -234,6 +240,17 @@ class Registry:
                 self.pending_wills[cid] = (self._clock() + delay, conn, will)
             else:
                 self.publish_will(conn, will)
+        if session is not None and not expire:
+            self.record_offline(session)
+
+    def record_offline(self, session: Session) -> None:
+        """Record an offline persistent session, with the will still waiting for it."""
+        journal = self.journal
+        if journal is not None and session.journal is not None:
+            pending = self.pending_wills.get(session.client_id)
+            journal.put_session(session, session.offline_since,
+                                None if pending is None else pending[2],
+                                None if pending is None else pending[0])
 
     def publish_will(self, conn: Connection, will: Will) -> None:
         hooks = self._hooks
@@ -261,6 +278,8 @@ class Registry:
     def discard(self, session: Session) -> None:
         """Forget a session: its subscriptions, queue and registration."""
         cid = session.client_id
+        if self.journal is not None:
+            self.journal.session_gone(session)
         self.router.subscriptions.clear(session)
         session.clear_queue()
         self.expiring.pop(cid, None)
@@ -278,6 +297,9 @@ class Registry:
                 if due <= now:
                     del self.pending_wills[cid]
                     self.publish_will(conn, will)
+                    session = self.sessions.get(cid)
+                    if session is not None and not session.online:
+                        self.record_offline(session)  # without the will
         if self.expiring:
             for cid, session in list(self.expiring.items()):
                 if session.expires_at is not None and session.expires_at <= now:

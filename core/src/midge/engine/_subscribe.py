@@ -109,6 +109,7 @@ class SubscribeFlow:
                 granted.append((sub, new))
         if over:
             codes.extend([ReasonCode.QUOTA_EXCEEDED if v5 else SUBACK_FAILURE] * over)
+        conn.durable()
         conn.send(SubAck(packet.packet_id, codes))
         if hooks.on_subscribed is not None:
             hooks.on_subscribed(conn, packet, codes)
@@ -176,6 +177,7 @@ class SubscribeFlow:
         for topic_filter in packet.topic_filters:
             existed = subscriptions.remove(session, topic_filter)
             codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        conn.durable()
         conn.send(UnsubAck(packet.packet_id, codes if conn.v5 else []))
         if hooks.on_unsubscribed is not None:
             hooks.on_unsubscribed(conn, packet)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..api import BrokerHandle, Client
     from ..codec import Auth, Connect, Packet, Publish, Subscribe, Unsubscribe, Will
     from ..message import Message
+    from ..records import Storage
     from ..topics import Route
 
 log = logging.getLogger("midge.plugins")
@@ -356,6 +357,7 @@ class Hooks:
     on_will_sent: HookCaller[[Client, Will], None] | None
     on_client_expired: HookCaller[[str], None] | None
     on_retained_expired: HookCaller[[str], None] | None
+    storage_backend: HookCaller[[], Storage | None] | None
     stored_clients: HookCaller[[], list[dict[str, Any]]] | None
     stored_subscriptions: HookCaller[[], list[dict[str, Any]]] | None
     stored_inflight_messages: HookCaller[[], list[dict[str, Any]]] | None

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ..api import BrokerHandle, Client
     from ..codec import Auth, Connect, Packet, Publish, Subscribe, Unsubscribe, Will
     from ..message import Message
+    from ..records import Storage
     from ..topics import Route
 
 hookspec = pluggy.HookspecMarker("midge")
@@ -331,6 +332,19 @@ def on_retained_expired(topic: str) -> None:
 
 
 # -- stored state, read once at start ------------------------------------------------------
+
+
+@_rule(FIRST_NON_EMPTY, False)
+def storage_backend() -> Storage | None:
+    """The storage that keeps the broker's state (a ``midge.records.Storage``).
+
+    Called once at start, before anything is restored. The broker opens the first one
+    returned (a failure stops startup, naming the storage), restores its Snapshot, and
+    from then on commits the durable changes to it in group commits: with
+    ``durability = "sync"`` every PUBACK/PUBREC/PUBREL/PUBCOMP, SUBACK/UNSUBACK and the
+    CONNACK of a persistent session waits for the commit of the change it acknowledges.
+    Return None to pass on. Must be a plain ``def``.
+    """
 
 
 @_rule(FIRST_NON_EMPTY, True)
