@@ -8,6 +8,7 @@ from midge.engine._outbox import Outbox
 from midge.hooks import Hooks
 from midge.message import Message
 from midge.session import Outbound, Session
+from midge.stats import Stats
 
 
 class Driver:
@@ -28,7 +29,7 @@ def _journal() -> Journal:
 
 def test_held_output_keeps_its_order_and_waits_for_its_commit() -> None:
     journal = _journal()
-    outbox = Outbox(Driver(), Hooks(), None)  # type: ignore[arg-type]
+    outbox = Outbox(Driver(), Hooks(), None, Stats())  # type: ignore[arg-type]
     outbox.write(b"a")
     assert outbox.hold(1)
     outbox.write(b"b")

@@ -14,10 +14,11 @@ import anyio
 import pytest
 from conftest import RawClient, RunningBroker
 
+from midge import hookimpl
 from midge.codec import ConnAck, PubAck, Publish, SubAck, Subscribe, Subscription
 from midge.codec import Connect as ConnectPacket
 from midge.records import Batch
-from midge.storage_contract import MemoryStorage, StorageProvider
+from midge.storage_contract import MemoryStorage
 
 
 class GatedStorage(MemoryStorage):
@@ -47,9 +48,20 @@ def storage() -> GatedStorage:
     return GatedStorage()
 
 
+class Provider:
+    """A storage plugin as a third party writes one: the hook, returning its backend."""
+
+    def __init__(self, storage: GatedStorage) -> None:
+        self.storage = storage
+
+    @hookimpl
+    def storage_backend(self) -> GatedStorage:
+        return self.storage
+
+
 @pytest.fixture
 def plugins(storage: GatedStorage) -> list[tuple[str, Any]]:
-    return [("storage", StorageProvider(storage))]
+    return [("storage", Provider(storage))]
 
 
 def _silent(raw: RawClient, wait: float = 0.4) -> bool:

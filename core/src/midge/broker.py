@@ -21,7 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .api import Client
 from .codec import Packet, Properties, ReasonCode
-from .config import ConfigError, Settings
+from .config import ConfigError, ListenerSettings, Settings
 from .engine import Engine
 from .hooks import Hooks, activate
 from .hooks.builtin import ListenerAccess, SysPublisher
@@ -66,6 +66,9 @@ class Broker:
         self.hooks: Hooks = activate(self.settings.plugins, internal=internal,
                                      extra=list(plugins or []))
         self.engine = Engine(self.limits, self.hooks, time.monotonic)
+        if any(spec.allow_anonymous for spec in self.settings.listeners):
+            self.engine.restore_listener = ListenerSettings(name="restored",
+                                                            allow_anonymous=True)
         self.inline = Inline(self.engine)
         #: (host, port) actually bound, per listener, once running
         self.addresses: list[tuple[str, int]] = []

@@ -27,6 +27,7 @@ from ..codec import (
     Subscribe,
     Unsubscribe,
 )
+from ..config import ListenerSettings
 from ..logsafe import Throttle, safe
 from ..stats import Stats
 from ._access import Access
@@ -41,7 +42,7 @@ from ._subscribe import SubscribeFlow
 
 if TYPE_CHECKING:
     from ..api import PeerCertificate
-    from ..config import BrokerSettings, ListenerSettings
+    from ..config import BrokerSettings
     from ..hooks import Hooks
     from ..message import Message
     from ..records import Snapshot
@@ -99,6 +100,10 @@ class Engine:
         self.connections: set[Connection] = set()
         #: open connections per listener (its ``max_connections``)
         self.listener_counts: dict[ListenerSettings, int] = {}
+        #: the listener a restored session's stand-in connection is on (for the ACL its
+        #: delayed will passes when published): the shell sets one that lets anonymous
+        #: clients in when a listener of its does
+        self.restore_listener = ListenerSettings(name="restored")
         #: called when the last connection's transport is gone (the shell's shutdown)
         self.idle: Callable[[], None] | None = None
         #: protocol errors of connections not logged in: a burst of warnings, then a count

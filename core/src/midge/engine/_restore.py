@@ -42,6 +42,7 @@ class Parts(Protocol):
     journal: Journal
     registry: Registry
     router: Router
+    restore_listener: ListenerSettings
 
 
 log = logging.getLogger("midge.storage")
@@ -67,7 +68,7 @@ def _message(journal: Any, record: MessageRecord) -> Message:
 def _gone_connection(engine: Parts, record: SessionRecord) -> Connection:
     """A stand-in for the connection a stored will belongs to (hooks get it as client)."""
     owner: Owner = engine  # type: ignore[assignment]
-    conn = Connection(owner, _NO_TRANSPORT, ListenerSettings(name="restored"), "", 0,
+    conn = Connection(owner, _NO_TRANSPORT, engine.restore_listener, "", 0,
                       hooks=engine.hooks, clock=engine.clock,
                       max_packet_size=engine.limits.max_packet_size, stats=engine.stats)
     conn.client_id = record.client_id
