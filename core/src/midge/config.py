@@ -54,6 +54,11 @@ class BrokerSettings:
         "bytes of QoS 0 deliveries waiting for one client (written and not yet taken by its "
         "socket); beyond it QoS 0 messages to that client are dropped and counted",
     )
+    packets_per_turn: int = _limit(
+        16, 0, 1_000_000,
+        "most packets handled from one connection before the others get a turn (0: all "
+        "that one read brought); keeps a flooding publisher from starving acknowledgements",
+    )
     session_expiry_max: int = _limit(
         4_294_967_295, 0, 4_294_967_295, "cap on a v5 session expiry interval, in seconds"
     )

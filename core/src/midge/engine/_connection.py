@@ -63,13 +63,15 @@ class Connection:
     __slots__ = (
         "_clock", "_ended", "_owner", "acl_cache", "aliases_in", "auth_method",
         "clean_disconnect", "client_id", "close_reason", "decoder", "hooks", "keepalive",
-        "last_seen", "listener", "opened", "outbox", "problem_info", "reauthenticating",
+        "last_seen", "listener", "more_input", "opened", "outbox", "problem_info", "quantum",
+        "reauthenticating",
         "remote", "remote_host", "remote_port", "session", "state", "username", "will",
     )
 
     def __init__(
         self, owner: Owner, driver: Driver, listener: ListenerSettings, host: str, port: int,
         *, hooks: Hooks, clock: Callable[[], float], max_packet_size: int,
+        quantum: int = 0,
     ) -> None:
         self._owner = owner
         self._clock = clock
@@ -99,6 +101,12 @@ class Connection:
         self.auth_method: str | None = None
         #: a re-authentication exchange is in progress (AUTH 0x18 expected)
         self.reauthenticating = False
+        #: most packets one ``feed`` handles (0: all it can); what is left waits in the
+        #: decoder so one flooding connection cannot make a loop turn long for everyone
+        self.quantum = quantum
+        #: ``feed`` stopped at the quantum with packets still buffered: the driver stops
+        #: reading and calls ``feed(b"")`` again on a later loop turn
+        self.more_input = False
         self._ended = False
 
     def __repr__(self) -> str:
@@ -189,17 +197,22 @@ class Connection:
     # -- input -----------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> Ask | None:
-        """Handle received bytes. Returns an Ask when a plugin's decision must be awaited;
-        the driver awaits it, calls ``answer``, and feeds nothing meanwhile."""
+        """Handle received bytes (up to ``quantum`` packets; ``more_input`` then says
+        packets are left, for a later ``feed(b"")``). Returns an Ask when a plugin's
+        decision must be awaited; the driver awaits it, calls ``answer``, and feeds
+        nothing meanwhile."""
+        self.more_input = False
         if self.closing:
             return None
         self.last_seen = self._clock()
-        self.decoder.feed(data)
+        if data:
+            self.decoder.feed(data)
         return self._process()
 
     def answer(self, pending: Ask, value: Any, error: BaseException | None) -> Ask | None:
         """The awaited decision of ``pending``: continue its flow, then the packets that
         arrived meanwhile. Returns the next Ask, if any."""
+        self.more_input = False
         try:
             more = pending.tell(value, error)
             if more is not None:
@@ -221,8 +234,13 @@ class Connection:
         hooks = self.hooks
         decoder = self.decoder
         handlers = self._owner.handlers
+        budget = self.quantum or -1
         try:
-            while (packet := decoder.next_packet()) is not None:
+            while budget:
+                packet = decoder.next_packet()
+                if packet is None:
+                    return None
+                budget -= 1
                 if hooks.on_packet_read is not None:
                     try:
                         packet = hooks.on_packet_read(self, packet)
@@ -241,6 +259,9 @@ class Connection:
                 self._processed(packet)
                 if self.closing:
                     return None
+            # the quantum is spent: the rest waits for a later turn, if a whole packet
+            # (or the start of one) is buffered
+            self.more_input = decoder.buffered > 0
         except RemoteProtocolError as exc:
             self.protocol_error(exc)
         except Exception:

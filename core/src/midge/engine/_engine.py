@@ -104,7 +104,8 @@ class Engine:
              port: int) -> Connection:
         """A listener accepted a transport: the Connection its driver feeds."""
         conn = Connection(self, driver, listener, host, port, hooks=self.hooks,
-                          clock=self.clock, max_packet_size=self.limits.max_packet_size)
+                          clock=self.clock, max_packet_size=self.limits.max_packet_size,
+                          quantum=self.limits.packets_per_turn)
         self.connections.add(conn)
         self.stats.connections_total += 1
         return conn

@@ -2,7 +2,9 @@
 
 The rule: listeners see the engine only through ``Opener`` (make a Connection) and
 ``Acceptor`` (may one more connect?), never the broker; and every transport awaits an
-engine's ``Ask`` the same way, through ``settle``.
+engine's ``Ask`` the same way, through ``settle``. A driver also honours the quantum: when
+``feed`` leaves ``conn.more_input``, it reads nothing new and calls ``feed(b"")`` on a later
+turn (``feed_all`` does both for task-driven transports).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from ..config import ListenerSettings
@@ -75,3 +78,13 @@ async def settle(conn: Connection, pending: Ask | None) -> None:
             pending = conn.answer(pending, None, exc)
         else:
             pending = conn.answer(pending, value, None)
+
+
+async def feed_all(conn: Connection, data: bytes) -> None:
+    """Feed received bytes to a task-driven connection and handle all of them: decisions
+    are awaited, and after each ``packets_per_turn`` quantum the task yields so other
+    connections are served before the rest (``conn.more_input``) is handled."""
+    await settle(conn, conn.feed(data))
+    while conn.more_input and not conn.closing:
+        await anyio.lowlevel.checkpoint()
+        await settle(conn, conn.feed(b""))

@@ -21,7 +21,7 @@ from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 
 from ..config import ListenerSettings
 from ..engine import Ask, Connection
-from ._base import Acceptor, Listener, settle
+from ._base import Acceptor, Listener, feed_all, settle
 
 log = logging.getLogger("midge.listeners")
 
@@ -88,8 +88,8 @@ class AsyncioDriver(asyncio.Protocol):
     """Moves bytes between an asyncio transport and a Connection."""
 
     __slots__ = (
-        "_abort_handle", "_acceptor", "_closed", "_flush_handle", "_paused", "_tg", "conn",
-        "loop", "paused_frames", "spec", "transport",
+        "_abort_handle", "_acceptor", "_closed", "_flush_handle", "_more_handle", "_paused",
+        "_reading", "_settling", "_tg", "conn", "loop", "paused_frames", "spec", "transport",
     )
 
     def __init__(self, acceptor: Acceptor, spec: ListenerSettings, tg: TaskGroup) -> None:
@@ -103,6 +103,12 @@ class AsyncioDriver(asyncio.Protocol):
         self._abort_handle: asyncio.TimerHandle | None = None
         self._paused = False
         self._closed = False
+        #: the transport is reading (not paused by us)
+        self._reading = True
+        #: a plugin decision is being awaited
+        self._settling = False
+        #: a later turn handles the packets the quantum left
+        self._more_handle: asyncio.Handle | None = None
         #: frames handed to the transport while it asked us to stop writing
         self.paused_frames = 0
 
@@ -123,25 +129,52 @@ class AsyncioDriver(asyncio.Protocol):
         conn = self.conn
         if conn is None or conn.closing:
             return
-        pending = conn.feed(data)
+        self._fed(conn, conn.feed(data))
+
+    def _fed(self, conn: Connection, pending: Ask | None) -> None:
+        """After a feed: await a decision, or come back next turn for what the quantum
+        left (other connections are read meanwhile), reading nothing new until then."""
         if pending is not None:
-            assert self.transport is not None
-            self.transport.pause_reading()
+            self._settling = True
             self._tg.start_soon(self._settle, conn, pending)
+        elif conn.more_input and not conn.closing:
+            self._more_handle = self.loop.call_soon(self._more_input)
+        self._update_reading()
+
+    def _more_input(self) -> None:
+        self._more_handle = None
+        conn = self.conn
+        if conn is None or self._closed or conn.closing:
+            return
+        self._fed(conn, conn.feed(b""))
 
     async def _settle(self, conn: Connection, pending: Ask) -> None:
         try:
             await settle(conn, pending)
         finally:
-            if not self._closed and self.transport is not None:
-                self.transport.resume_reading()
+            self._settling = False
+            if not self._closed:
+                self._fed(conn, None)
+
+    def _update_reading(self) -> None:
+        """Read while nothing received is still waiting to be handled."""
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        want = not self._settling and self._more_handle is None
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        for handle in (self._flush_handle, self._abort_handle):
+        for handle in (self._flush_handle, self._abort_handle, self._more_handle):
             if handle is not None:
                 handle.cancel()
         if self.conn is not None:
@@ -291,7 +324,7 @@ class StreamDriver:
                 data = await self.stream.receive(RECEIVE_SIZE)
             except _CLOSED as exc:
                 return str(exc)
-            await settle(conn, conn.feed(data))
+            await feed_all(conn, data)
         return ""
 
     async def _write_loop(self, conn: Connection) -> None:
