@@ -32,6 +32,61 @@ log = logging.getLogger("midge.broker")
 Sink = Callable[[Message], None]
 
 
+#: drops that are the protocol working as asked (DEBUG only); every other drop is a loss
+#: an operator must see
+_EXPECTED_DROPS = frozenset({"message expired", "not authorized"})
+#: seconds between two WARNING summaries of dropped messages
+DROP_REPORT_INTERVAL = 10.0
+
+
+class DropReport:
+    """Dropped messages, visible at the default log level without flooding it.
+
+    The first drop after a quiet period is logged at once (WARNING, with its client and
+    reason); later ones are counted per reason and summarised at most once every
+    ``DROP_REPORT_INTERVAL`` seconds, naming the count, the clients and one example.
+    """
+
+    __slots__ = ("_clients", "_counts", "_next", "_reported")
+
+    def __init__(self) -> None:
+        #: reason -> drops not yet reported
+        self._counts: dict[str, int] = {}
+        #: clients the unreported drops were meant for (a few, for the log line)
+        self._clients: dict[str, None] = {}
+        #: before this time a drop is only counted
+        self._next = float("-inf")
+        self._reported = 0
+
+    def add(self, now: float, client: str, topic: str, reason: str) -> None:
+        if now >= self._next and not self._counts:
+            log.warning("message to %s for %s dropped: %s (further drops are summarised "
+                        "every %d s)", topic, client, reason, DROP_REPORT_INTERVAL)
+            self._next = now + DROP_REPORT_INTERVAL
+            return
+        counts = self._counts
+        counts[reason] = counts.get(reason, 0) + 1
+        if len(self._clients) < 5:
+            self._clients[client] = None
+        if now >= self._next:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        """Log what was counted, when the interval since the last line has passed."""
+        if not self._counts or now < self._next:
+            return
+        total = sum(self._counts.values())
+        log.warning(
+            "%d messages dropped in the last %d s (%s), for %s",
+            total, DROP_REPORT_INTERVAL,
+            ", ".join(f"{reason}: {n}" for reason, n in sorted(self._counts.items())),
+            ", ".join(self._clients) + (" and others" if len(self._clients) >= 5 else ""),
+        )
+        self._counts = {}
+        self._clients = {}
+        self._next = now + DROP_REPORT_INTERVAL
+
+
 class Subscriptions:
     """Every session's subscriptions: the trie and the sessions' sets kept together."""
 
@@ -86,6 +141,7 @@ class Router:
         #: inline subscribers: key -> callback, matched through their own trie
         self._sinks: dict[str, Sink] = {}
         self._sink_trie = SubscriptionTrie()
+        self.drops = DropReport()
 
     # -- inline subscribers ----------------------------------------------------------------
 
@@ -223,8 +279,11 @@ class Router:
 
     def dropped(self, conn: Connection | None, message: Message, reason: str) -> None:
         self._stats.messages_dropped += 1
-        log.debug("message to %s for %s dropped: %s", message.topic,
-                  conn.client_id if conn else "an offline client", reason)
+        client = conn.client_id if conn else "an offline client"
+        if reason in _EXPECTED_DROPS:
+            log.debug("message to %s for %s dropped: %s", message.topic, client, reason)
+        else:
+            self.drops.add(self._clock(), client, message.topic, reason)
         if self._hooks.on_publish_dropped is not None:
             self._hooks.on_publish_dropped(conn, message, reason)
 
@@ -295,7 +354,8 @@ class Router:
         return live
 
     def tick(self, now: float) -> None:
-        """Remove the retained messages that expired by ``now``."""
+        """Remove the retained messages that expired by ``now``; report drops."""
+        self.drops.flush(now)
         expiry = self._retained_expiry
         while expiry and expiry[0][0] <= now:
             _, _, message = heapq.heappop(expiry)
