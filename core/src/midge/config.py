@@ -59,6 +59,16 @@ class BrokerSettings:
         "most packets handled from one connection before the others get a turn (0: all "
         "that one read brought); keeps a flooding publisher from starving acknowledgements",
     )
+    flap_max_drops: int = _limit(
+        0, 0, 1_000_000,
+        "flapping detection: connection ends a client id may have within flap_window "
+        "seconds; one more and it is refused with CONNACK 0x9F for flap_ban seconds (0: off)",
+    )
+    flap_window: int = _limit(60, 1, 86400, "seconds over which flap_max_drops counts")
+    flap_ban: int = _limit(60, 1, 86400, "seconds a flapping client is refused")
+    flap_by_address: bool = field(default=False, metadata={
+        "doc": "flapping is also counted per remote address (every client behind one NAT "
+               "counts together)"})
     session_expiry_max: int = _limit(
         4_294_967_295, 0, 4_294_967_295, "cap on a v5 session expiry interval, in seconds"
     )

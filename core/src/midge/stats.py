@@ -14,6 +14,7 @@ class Stats:
 
     __slots__ = (
         "clients_connected",
+        "connections_refused_flapping",
         "connections_total",
         "messages_dropped",
         "messages_received",
@@ -28,6 +29,7 @@ class Stats:
         self.messages_received = 0
         self.messages_sent = 0
         self.messages_dropped = 0
+        self.connections_refused_flapping = 0
 
     def as_dict(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in self.__slots__}

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..config import BrokerSettings
     from ..hooks import Hooks
     from ._connection import Connection
+    from ._flapping import Flapping
     from ._router import Router
     from ._sessions import Registry
 
@@ -69,12 +70,15 @@ class ConnectFlow:
     """CONNECT, the AUTH exchange of CONNECT, and re-authentication after it."""
 
     def __init__(self, limits: BrokerSettings, hooks: Hooks, registry: Registry,
-                 router: Router, clock: Callable[[], float]) -> None:
+                 router: Router, clock: Callable[[], float], *,
+                 flapping: Flapping | None = None) -> None:
         self._limits = limits
         self._hooks = hooks
         self._registry = registry
         self._router = router
         self._clock = clock
+        #: refuses client ids that keep connecting and dropping (off by default)
+        self._flapping = flapping
         #: connections in the enhanced-authentication exchange of their CONNECT
         self.exchanges: dict[Connection, PendingConnect] = {}
 
@@ -104,6 +108,8 @@ class ConnectFlow:
             cid = "midge" + uuid.uuid4().hex[:18]
             assigned = True
         conn.client_id = cid
+        if self._flapping is not None and self._flapping.refused(conn):
+            return None
         conn.username = packet.username
         if v5:  # also for the AUTH packets of an enhanced-authentication exchange
             conn.problem_info = props.get(Property.REQUEST_PROBLEM_INFORMATION, 1) == 1

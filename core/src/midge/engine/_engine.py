@@ -31,6 +31,7 @@ from ..stats import Stats
 from ._access import Access
 from ._connect import ConnectFlow
 from ._connection import Connection
+from ._flapping import Flapping
 from ._publish import PublishFlow
 from ._router import Router
 from ._sessions import Registry
@@ -68,7 +69,9 @@ class Engine:
         self.router = Router(limits, hooks, self.stats, self.access, clock, clients, sessions)
         self.registry = Registry(limits, hooks, self.stats, clock, self.router, sessions,
                                  clients)
-        self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock)
+        self.flapping = Flapping(limits, self.stats, clock)
+        self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock,
+                                        flapping=self.flapping)
         publish = PublishFlow(limits, hooks, self.stats, self.access, self.router, clock)
         subscribe = SubscribeFlow(limits, hooks, self.access, self.router)
         #: packet type -> what it does (the state table has already allowed it)
@@ -113,6 +116,7 @@ class Engine:
     def ended(self, conn: Connection, connected: bool) -> None:
         if connected:
             self.registry.connection_lost(conn)
+            self.flapping.ended(conn)
         else:
             self.connect_flow.forget(conn)
 
