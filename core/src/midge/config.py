@@ -69,6 +69,21 @@ class BrokerSettings:
     flap_by_address: bool = field(default=False, metadata={
         "doc": "flapping is also counted per remote address (every client behind one NAT "
                "counts together)"})
+    queue_full: str = field(default="drop", metadata={
+        "choices": ("drop", "backpressure"),
+        "doc": "what happens when a connected subscriber's QoS 1/2 queue is full: \"drop\" "
+               "(drop and count) or \"backpressure\" (the publishers feeding it are read "
+               "no further until it catches up; a stuck subscriber is still dropped)"})
+    stuck_timeout: int = _limit(
+        10, 1, 86400,
+        "backpressure: seconds a subscriber with a full queue may go without acknowledging "
+        "before it counts as stuck (its messages are then dropped, nobody waits for it)",
+    )
+    max_inbound_rate: int = _limit(
+        0, 0, 10_000_000,
+        "PUBLISHes per second one connection may send (bursts of as many); beyond it the "
+        "connection is read no further until it is within the rate again (0: no limit)",
+    )
     session_expiry_max: int = _limit(
         4_294_967_295, 0, 4_294_967_295, "cap on a v5 session expiry interval, in seconds"
     )
@@ -265,8 +280,13 @@ def _table(cls: Any, raw: Any, source: str, where: str) -> Any:
                 raise ConfigError(
                     source, name, f"{value} is out of range; allowed: {bounds[0]}..{bounds[1]}"
                 )
-        elif expected == "str" and not isinstance(value, str):
-            raise ConfigError(source, name, f"must be a string, not {value!r}")
+        elif expected == "str":
+            if not isinstance(value, str):
+                raise ConfigError(source, name, f"must be a string, not {value!r}")
+            choices = spec.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(source, name,
+                                  f"{value!r} is not allowed; allowed: {', '.join(choices)}")
         values[key] = value
     return cls(**values)
 

@@ -19,7 +19,10 @@ class Stats:
         "messages_dropped",
         "messages_received",
         "messages_sent",
+        "publishers_held",
+        "publishers_rate_limited",
         "started",
+        "subscribers_stuck",
     )
 
     def __init__(self) -> None:
@@ -30,6 +33,11 @@ class Stats:
         self.messages_sent = 0
         self.messages_dropped = 0
         self.connections_refused_flapping = 0
+        #: backpressure: publishers held for a full subscriber queue; subscribers found
+        #: stuck; the inbound rate limit: publishers held for exceeding it
+        self.publishers_held = 0
+        self.subscribers_stuck = 0
+        self.publishers_rate_limited = 0
 
     def as_dict(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in self.__slots__}

@@ -56,16 +56,20 @@ class Owner(Protocol):
     def released(self, conn: Connection) -> None:
         """The connection's transport is gone."""
 
+    def hold(self, conn: Connection) -> float:
+        """Seconds the ``throttled`` connection must wait before more of its input is
+        handled (0: go on, and it is no longer throttled)."""
+
 
 class Connection:
     """A client's network connection, from accept to close (``midge.Client`` to hooks)."""
 
     __slots__ = (
         "_clock", "_ended", "_owner", "acl_cache", "aliases_in", "auth_method",
-        "clean_disconnect", "client_id", "close_reason", "decoder", "hooks", "keepalive",
-        "last_seen", "listener", "more_input", "opened", "outbox", "problem_info", "quantum",
-        "reauthenticating",
-        "remote", "remote_host", "remote_port", "session", "state", "username", "will",
+        "clean_disconnect", "client_id", "close_reason", "decoder", "hooks", "input_delay",
+        "keepalive", "last_seen", "listener", "more_input", "on_input_ready", "opened",
+        "outbox", "problem_info", "quantum", "reauthenticating", "remote", "remote_host",
+        "remote_port", "session", "state", "throttled", "username", "will",
     )
 
     def __init__(
@@ -107,6 +111,13 @@ class Connection:
         #: ``feed`` stopped at the quantum with packets still buffered: the driver stops
         #: reading and calls ``feed(b"")`` again on a later loop turn
         self.more_input = False
+        #: with ``more_input``: seconds to wait before feeding again (0: next turn);
+        #: the connection is held (backpressure, the inbound rate)
+        self.input_delay = 0.0
+        #: the engine holds this connection's input now and then: ask ``Owner.hold``
+        self.throttled = False
+        #: the driver's callback to feed again at once: what held the input is over
+        self.on_input_ready: Callable[[], None] | None = None
         self._ended = False
 
     def __repr__(self) -> str:
@@ -135,6 +146,11 @@ class Connection:
 
     def send(self, packet: Packet) -> None:
         self.outbox.send(packet)
+
+    def wake_input(self) -> None:
+        """What held this connection's input is over: the driver feeds again now."""
+        if self.on_input_ready is not None and not self.closing:
+            self.on_input_ready()
 
     def take_output(self) -> tuple[bytes, int]:
         """What to write now, as one buffer, and how many frames it holds."""
@@ -237,6 +253,11 @@ class Connection:
         budget = self.quantum or -1
         try:
             while budget:
+                if self.throttled and (wait := self._owner.hold(self)):
+                    # held: what is buffered waits, and nothing more is read meanwhile
+                    self.more_input = True
+                    self.input_delay = wait
+                    return None
                 packet = decoder.next_packet()
                 if packet is None:
                     return None
@@ -262,6 +283,7 @@ class Connection:
             # the quantum is spent: the rest waits for a later turn, if a whole packet
             # (or the start of one) is buffered
             self.more_input = decoder.buffered > 0
+            self.input_delay = 0.0
         except RemoteProtocolError as exc:
             self.protocol_error(exc)
         except Exception:

@@ -36,6 +36,7 @@ from ._publish import PublishFlow
 from ._router import Router
 from ._sessions import Registry
 from ._subscribe import SubscribeFlow
+from ._throttle import Throttle
 
 if TYPE_CHECKING:
     from ..config import BrokerSettings, ListenerSettings
@@ -70,6 +71,8 @@ class Engine:
         self.registry = Registry(limits, hooks, self.stats, clock, self.router, sessions,
                                  clients)
         self.flapping = Flapping(limits, self.stats, clock)
+        self.throttle = Throttle(limits, self.stats, clock)
+        self.router.throttle = self.throttle
         self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock,
                                         flapping=self.flapping)
         publish = PublishFlow(limits, hooks, self.stats, self.access, self.router, clock)
@@ -113,7 +116,12 @@ class Engine:
         self.stats.connections_total += 1
         return conn
 
+    def hold(self, conn: Connection) -> float:
+        return self.throttle.hold(conn)
+
     def ended(self, conn: Connection, connected: bool) -> None:
+        if conn.throttled or len(self.throttle):
+            self.throttle.forget(conn)
         if connected:
             self.registry.connection_lost(conn)
             self.flapping.ended(conn)

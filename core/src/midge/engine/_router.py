@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..stats import Stats
     from ._access import Access
     from ._connection import Connection
+    from ._throttle import Throttle
 
 log = logging.getLogger("midge.broker")
 
@@ -142,6 +143,10 @@ class Router:
         self._sinks: dict[str, Sink] = {}
         self._sink_trie = SubscriptionTrie()
         self.drops = DropReport()
+        #: backpressure and the inbound rate (set by the engine)
+        self.throttle: Throttle | None = None
+        #: the connection whose message is being routed (None: a will, the broker)
+        self._publisher: Connection | None = None
 
     # -- inline subscribers ----------------------------------------------------------------
 
@@ -158,6 +163,9 @@ class Router:
     def route(self, message: Message, publisher: Connection | None = None) -> int:
         """Retain and deliver a message to every matching subscriber; returns the count."""
         hooks = self._hooks
+        throttle = self.throttle
+        if throttle is not None and publisher is not None and throttle.rate_limited:
+            throttle.published(publisher)
         if message.retain:
             self._retain(message, publisher)
         origin = message.origin
@@ -174,20 +182,24 @@ class Router:
         if hooks.on_select_subscribers is not None:
             routes = hooks.on_select_subscribers(message, list(routes))
         delivered = 0
-        for route in routes:
-            if route.client_id == origin:
-                qos = route.qos_if_own
-                if qos < 0:
-                    continue
-            else:
-                qos = route.qos
-            if message.qos < qos:
-                qos = message.qos
-            self.deliver(
-                route.client_id, message, qos,
-                message.retain and route.retain_as_published, route.subscription_ids,
-            )
-            delivered += 1
+        self._publisher = publisher
+        try:
+            for route in routes:
+                if route.client_id == origin:
+                    qos = route.qos_if_own
+                    if qos < 0:
+                        continue
+                else:
+                    qos = route.qos
+                if message.qos < qos:
+                    qos = message.qos
+                self.deliver(
+                    route.client_id, message, qos,
+                    message.retain and route.retain_as_published, route.subscription_ids,
+                )
+                delivered += 1
+        finally:
+            self._publisher = None
         if self._sinks:
             for sink_route in self._sink_trie.match(message.topic):
                 self._sinks[sink_route.client_id](message)
@@ -271,7 +283,13 @@ class Router:
             assert conn is not None
             self.write_publish(conn, out)
         elif result is Enqueued.DROPPED:
-            self.dropped(conn, message, "session queue full")
+            throttle = self.throttle
+            if (throttle is not None and throttle.backpressure and conn is not None
+                    and throttle.full(conn, session, self._publisher)):
+                # backpressure: queued beyond the cap, and its publisher is held
+                session.pending.append(out)
+            else:
+                self.dropped(conn, message, "session queue full")
         elif (result is Enqueued.NO_PACKET_ID and conn is not None
               and self._hooks.on_packet_id_exhausted is not None):
             self._hooks.on_packet_id_exhausted(conn, message)
@@ -312,6 +330,9 @@ class Router:
 
     def pump(self, conn: Connection, session: Session) -> None:
         """Move queued deliveries into free inflight slots and send them."""
+        throttle = self.throttle
+        if throttle is not None and throttle.backpressure and session.pending:
+            throttle.progress(conn, session)
         # a delivery abandoned by write_publish frees its slot at once; refill until
         # nothing moves, or the queue behind it stalls for good
         while ready := session.sendable(self._clock()):

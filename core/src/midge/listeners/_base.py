@@ -83,8 +83,12 @@ async def settle(conn: Connection, pending: Ask | None) -> None:
 async def feed_all(conn: Connection, data: bytes) -> None:
     """Feed received bytes to a task-driven connection and handle all of them: decisions
     are awaited, and after each ``packets_per_turn`` quantum the task yields so other
-    connections are served before the rest (``conn.more_input``) is handled."""
+    connections are served before the rest (``conn.more_input``) is handled; while the
+    engine holds the connection (``conn.input_delay``) it sleeps, reading nothing."""
     await settle(conn, conn.feed(data))
     while conn.more_input and not conn.closing:
-        await anyio.lowlevel.checkpoint()
+        if conn.input_delay:
+            await anyio.sleep(conn.input_delay)  # held: backpressure or the inbound rate
+        else:
+            await anyio.lowlevel.checkpoint()
         await settle(conn, conn.feed(b""))

@@ -124,6 +124,8 @@ class AsyncioDriver(asyncio.Protocol):
         if self.conn is None:
             self._closed = True
             transport.abort()  # type: ignore[attr-defined]
+        else:
+            self.conn.on_input_ready = self._input_ready
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -138,8 +140,17 @@ class AsyncioDriver(asyncio.Protocol):
             self._settling = True
             self._tg.start_soon(self._settle, conn, pending)
         elif conn.more_input and not conn.closing:
-            self._more_handle = self.loop.call_soon(self._more_input)
+            delay = conn.input_delay
+            self._more_handle = (self.loop.call_later(delay, self._more_input) if delay
+                                 else self.loop.call_soon(self._more_input))
         self._update_reading()
+
+    def _input_ready(self) -> None:
+        """The engine stopped holding this connection: handle its input next turn."""
+        handle = self._more_handle
+        if handle is not None and not self._closed:
+            handle.cancel()
+            self._more_handle = self.loop.call_soon(self._more_input)
 
     def _more_input(self) -> None:
         self._more_handle = None
