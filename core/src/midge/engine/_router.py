@@ -278,6 +278,13 @@ class Router:
         if session is None:
             return None
         out = Outbound(message, qos, retain, subscription_ids)
+        if conn is None and session.online:
+            # between two connections of one session (a takeover publishing the old
+            # connection's will to it): the queue waits for the new one's resume
+            if len(session.pending) >= session.max_queued:
+                return self.dropped(conn, message, "session queue full")
+            session.pending.append(out)
+            return None
         result = session.enqueue(out)
         if result is Enqueued.SEND:
             assert conn is not None
