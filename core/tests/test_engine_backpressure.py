@@ -6,9 +6,11 @@ Driven without sockets: a held connection's ``feed`` stops with ``more_input`` a
 
 from __future__ import annotations
 
+import pytest
 from engine_harness import Harness, Peer
 
 from midge.codec import PubAck, Publish, encode
+from midge.config import ConfigError, parse
 
 
 def _flood(peer: Peer, count: int, topic: str = "t/x") -> None:
@@ -113,3 +115,12 @@ def test_the_inbound_rate_holds_a_fast_publisher() -> None:
     assert harness.engine.stats.publishers_rate_limited >= 1
     # a held client is not closed for silence: it is silent because it is held
     assert pub.conn.last_seen == harness.clock.now
+
+
+def test_queue_full_takes_only_its_two_values() -> None:
+    listeners = [{"type": "tcp", "port": 1883}]
+    settings = parse({"broker": {"queue_full": "backpressure"}, "listeners": listeners})
+    assert settings.broker.queue_full == "backpressure"
+    with pytest.raises(ConfigError, match=r"broker.queue_full: 'block' is not allowed; "
+                                          r"allowed: drop, backpressure"):
+        parse({"broker": {"queue_full": "block"}, "listeners": listeners})

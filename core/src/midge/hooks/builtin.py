@@ -42,6 +42,10 @@ SYS_TOPICS = {
     "$SYS/broker/messages/dropped": "messages_dropped",
     "$SYS/broker/subscriptions/count": "subscriptions",
     "$SYS/broker/retained messages/count": "retained_messages",
+    "$SYS/broker/connections/refused/flapping": "connections_refused_flapping",
+    "$SYS/broker/publishers/held": "publishers_held",
+    "$SYS/broker/publishers/rate limited": "publishers_rate_limited",
+    "$SYS/broker/subscribers/stuck": "subscribers_stuck",
 }
 
 
