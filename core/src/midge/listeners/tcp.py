@@ -140,6 +140,8 @@ class AsyncioDriver(asyncio.Protocol):
             self._settling = True
             self._tg.start_soon(self._settle, conn, pending)
         elif conn.more_input and not conn.closing:
+            if self._more_handle is not None:  # a read that was already on its way
+                self._more_handle.cancel()
             delay = conn.input_delay
             self._more_handle = (self.loop.call_later(delay, self._more_input) if delay
                                  else self.loop.call_soon(self._more_input))
