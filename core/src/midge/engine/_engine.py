@@ -120,13 +120,14 @@ class Engine:
         return self.throttle.hold(conn)
 
     def ended(self, conn: Connection, connected: bool) -> None:
-        if conn.throttled or len(self.throttle):
-            self.throttle.forget(conn)
         if connected:
             self.registry.connection_lost(conn)
             self.flapping.ended(conn)
         else:
             self.connect_flow.forget(conn)
+        # last: publishing the will above routes through the throttle too
+        if len(self.throttle):
+            self.throttle.forget(conn)
 
     def released(self, conn: Connection) -> None:
         self.connections.discard(conn)

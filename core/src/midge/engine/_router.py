@@ -164,7 +164,8 @@ class Router:
         """Retain and deliver a message to every matching subscriber; returns the count."""
         hooks = self._hooks
         throttle = self.throttle
-        if throttle is not None and publisher is not None and throttle.rate_limited:
+        if (throttle is not None and publisher is not None and throttle.rate_limited
+                and not publisher.closing):  # a will is not the client's own publish
             throttle.published(publisher)
         if message.retain:
             self._retain(message, publisher)
