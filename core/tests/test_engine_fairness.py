@@ -17,21 +17,34 @@ def _publishes(count: int, start: int = 1) -> list[Publish]:
 
 
 def test_one_feed_handles_one_quantum_and_the_rest_later_in_order() -> None:
-    harness = Harness(packets_per_turn=16)
+    # the subscriber's window is full: deliveries wait, so the publisher yields
+    harness = Harness(packets_per_turn=16, max_inflight_messages=1, max_queued_messages=500)
     sub = harness.client("sub")
-    sub.subscribe("t/#", qos=0)
+    sub.subscribe("t/#", qos=1)
     pub = harness.client("pub")
     pub.conn.feed(b"".join(
         encode(p, 5) for p in _publishes(100)
     ))
     assert pub.conn.more_input
     assert len([p for p in pub.received() if isinstance(p, PubAck)]) == 16
-    assert len(sub.received()) == 16
+    assert [p.payload for p in sub.received()] == [b"1"]
     while pub.conn.more_input:
         assert pub.conn.feed(b"") is None
     acks = [p.packet_id for p in pub.received() if isinstance(p, PubAck)]
     assert acks == list(range(17, 101))
-    assert [p.payload for p in sub.received()] == [b"%d" % i for i in range(17, 101)]
+    session = harness.engine.sessions["sub"]
+    assert [o.message.payload for o in session.pending] == [b"%d" % i for i in range(2, 101)]
+
+
+def test_without_contention_one_feed_handles_everything() -> None:
+    # a QoS 0 subscriber whose socket takes everything: nobody waits, nobody yields
+    harness = Harness(packets_per_turn=16)
+    sub = harness.client("sub")
+    sub.subscribe("t/#", qos=0)
+    pub = harness.client("pub")
+    pub.conn.feed(b"".join(encode(p, 5) for p in _publishes(100)))
+    assert not pub.conn.more_input
+    assert len(sub.received()) == 100
 
 
 def test_a_subscribers_window_refills_between_a_publishers_quanta() -> None:

@@ -56,6 +56,10 @@ class Owner(Protocol):
     def released(self, conn: Connection) -> None:
         """The connection's transport is gone."""
 
+    def contended(self) -> bool:
+        """Since the last call, did a delivery have to wait (a subscriber's inflight
+        window or socket was full)? Then a connection that spent its quantum yields."""
+
     def hold(self, conn: Connection) -> float:
         """Seconds the ``throttled`` connection must wait before more of its input is
         handled (0: go on, and it is no longer throttled)."""
@@ -280,8 +284,12 @@ class Connection:
                 self._processed(packet)
                 if self.closing:
                     return None
-            # the quantum is spent: the rest waits for a later turn, if a whole packet
-            # (or the start of one) is buffered
+                if not budget and not self._owner.contended():
+                    # nobody waits for what this connection sends: no reason to yield
+                    budget = self.quantum
+            # the quantum is spent while deliveries wait for a subscriber: the rest
+            # waits for a later turn (that subscriber's acknowledgements come first), if
+            # a whole packet (or the start of one) is buffered
             self.more_input = decoder.buffered > 0
             self.input_delay = 0.0
         except RemoteProtocolError as exc:

@@ -116,6 +116,11 @@ class Engine:
         self.stats.connections_total += 1
         return conn
 
+    def contended(self) -> bool:
+        router = self.router
+        waited, router.waited = router.waited, 0
+        return waited > 0
+
     def hold(self, conn: Connection) -> float:
         return self.throttle.hold(conn)
 

@@ -143,6 +143,11 @@ class Router:
         self._sinks: dict[str, Sink] = {}
         self._sink_trie = SubscriptionTrie()
         self.drops = DropReport()
+        #: QoS 1/2 deliveries to a connected client that could not be written at once (its
+        #: inflight window full) since the engine last asked: the quantum's signal to
+        #: yield, so its acknowledgements are read sooner (a QoS 0 drop at a full socket
+        #: is not: yielding would not make that socket read faster)
+        self.waited = 0
         #: backpressure and the inbound rate (set by the engine)
         self.throttle: Throttle | None = None
         #: the connection whose message is being routed (None: a will, the broker)
@@ -287,6 +292,8 @@ class Router:
             session.pending.append(out)
             return None
         result = session.enqueue(out)
+        if result is not Enqueued.SEND and conn is not None:
+            self.waited += 1
         if result is Enqueued.SEND:
             assert conn is not None
             self.write_publish(conn, out)
