@@ -53,7 +53,8 @@ async def wave(port: int, clients: int, concurrency: int, start: int,
     async def limited(n: int) -> None:
         nonlocal done
         async with semaphore:
-            done += await one(port, n, rng)
+            ok = await one(port, n, rng)
+        done += ok
 
     await asyncio.gather(*(limited(start + i) for i in range(clients)))
     return time.monotonic() - began, done

@@ -64,8 +64,9 @@ class BrokerProcess:
             path.write_text(config)
             args[3:3] = ["-c", str(path)]
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT / "core" / "src"), env.get("PYTHONPATH", "")) if p)
+        # MIDGE_SRC: another checkout's core/src, to measure an older midge the same way
+        src = os.environ.get("MIDGE_SRC", str(ROOT / "core" / "src"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env)
