@@ -156,13 +156,16 @@ class Client:
     @classmethod
     async def connect(cls, port: int, client_id: str, level: int = 4, *,
                       clean: bool = True, will: Will | None = None,
-                      properties: dict[int, Any] | None = None,
+                      properties: dict[int, Any] | None = None, keepalive: int = 0,
                       timeout: float = 10.0) -> tuple[Client, ConnAck]:
+        """Connect; keepalive 0 by default, as this client sends no PINGREQ (a silent
+        subscriber with a keepalive is closed by the broker after 1.5 times it)."""
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", port), timeout)
         client = cls(reader, writer, level)
         writer.write(encode(Connect(client_id, level, clean_start=clean, will=will,
-                                    properties=properties or {}), level))
+                                    keepalive=keepalive, properties=properties or {}),
+                            level))
         packet = await asyncio.wait_for(client._read_one(), timeout)
         assert isinstance(packet, ConnAck), packet
         client._task = asyncio.create_task(client._run())

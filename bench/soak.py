@@ -90,6 +90,10 @@ class Soak:
                     continue
                 self.durable.add((msg.topic, int(msg.payload)))
             await client.close(random.choice(["disconnect", "close"]))
+            # what it received (and acknowledged) before it went away counts too
+            while not client.messages.empty():
+                msg = client.messages.get_nowait()
+                self.durable.add((msg.topic, int(msg.payload)))
             await asyncio.sleep(random.uniform(0.2, 1.0))
             client, _ = await Client.connect(self.port, "soak-durable", V5, clean=False,
                                              properties=DURABLE)
@@ -302,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"shared subscription: {report['shared']}")
     if report["retained_checks"]["failed"] or not report["retained_checks"]["ok"]:
         failures.append(f"retained checks: {report['retained_checks']}")
+    qos0 = report["qos0"]
+    if qos0["received"] < qos0["sent"] * 0.99:
+        failures.append(f"QoS 0 on loopback: {qos0['received']} of {qos0['sent']} received")
     if report["task_errors"]:
         failures.append(f"load errors: {report['task_errors']}")
     if report["log_problems"]:
