@@ -69,11 +69,14 @@ class Peer:
     def send(self, *packets: Packet) -> Ask | None:
         """Feed the encoded packets in one read; returns the engine's Ask, if any."""
         data = b"".join(encode(packet, self.level) for packet in packets)
-        self.pending = self.conn.feed(data)
-        return self.pending
+        return self.feed_raw(data)
 
-    def feed_raw(self, data: bytes) -> Ask | None:
+    def feed_raw(self, data: bytes, *, drain: bool = True) -> Ask | None:
+        """Feed bytes; with ``drain``, come back for what the quantum left, as a driver
+        does on later loop turns."""
         self.pending = self.conn.feed(data)
+        while drain and self.pending is None and self.conn.more_input:
+            self.pending = self.conn.feed(b"")
         return self.pending
 
     def received(self) -> list[Packet]:

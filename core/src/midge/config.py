@@ -81,6 +81,36 @@ class BrokerSettings:
         "bytes of QoS 0 deliveries waiting for one client (written and not yet taken by its "
         "socket); beyond it QoS 0 messages to that client are dropped and counted",
     )
+    packets_per_turn: int = _limit(
+        16, 0, 1_000_000,
+        "most packets handled from one connection before the others get a turn (0: all "
+        "that one read brought); keeps a flooding publisher from starving acknowledgements",
+    )
+    flap_max_drops: int = _limit(
+        0, 0, 1_000_000,
+        "flapping detection: connection ends a client id may have within flap_window "
+        "seconds; one more and it is refused with CONNACK 0x9F for flap_ban seconds (0: off)",
+    )
+    flap_window: int = _limit(60, 1, 86400, "seconds over which flap_max_drops counts")
+    flap_ban: int = _limit(60, 1, 86400, "seconds a flapping client is refused")
+    flap_by_address: bool = field(default=False, metadata={
+        "doc": "flapping is also counted per remote address (every client behind one NAT "
+               "counts together)"})
+    queue_full: str = field(default="drop", metadata={
+        "choices": ("drop", "backpressure"),
+        "doc": "what happens when a connected subscriber's QoS 1/2 queue is full: \"drop\" "
+               "(drop and count) or \"backpressure\" (the publishers feeding it are read "
+               "no further until it catches up; a stuck subscriber is still dropped)"})
+    stuck_timeout: int = _limit(
+        10, 1, 86400,
+        "backpressure: seconds a subscriber with a full queue may go without acknowledging "
+        "before it counts as stuck (its messages are then dropped, nobody waits for it)",
+    )
+    max_inbound_rate: int = _limit(
+        0, 0, 10_000_000,
+        "PUBLISHes per second one connection may send (bursts of as many); beyond it the "
+        "connection is read no further until it is within the rate again (0: no limit)",
+    )
     session_expiry_max: int = _limit(
         4_294_967_295, 0, 4_294_967_295, "cap on a v5 session expiry interval, in seconds"
     )
@@ -496,8 +526,13 @@ def _table(cls: Any, raw: Any, source: str, where: str) -> Any:
                 raise ConfigError(
                     source, name, f"{value} is out of range; allowed: {bounds[0]}..{bounds[1]}"
                 )
-        elif expected == "str" and not isinstance(value, str):
-            raise ConfigError(source, name, f"must be a string, not {value!r}")
+        elif expected == "str":
+            if not isinstance(value, str):
+                raise ConfigError(source, name, f"must be a string, not {value!r}")
+            choices = spec.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(source, name,
+                                  f"{value!r} is not allowed; allowed: {', '.join(choices)}")
         elif expected == "tuple[str, ...]":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(source, name, f"must be an array of strings, not {value!r}")

@@ -47,6 +47,7 @@ class Stats:
         "clients_connected",
         "clients_maximum",
         "connections_by_listener",
+        "connections_refused_flapping",
         "connections_total",
         "connects_refused",
         "dropped_by_reason",
@@ -54,19 +55,23 @@ class Stats:
         "messages_dropped",
         "packets_received",
         "packets_sent",
+        "publishers_held",
+        "publishers_rate_limited",
         "received_by_qos",
         "received_bytes_by_qos",
         "sent_by_qos",
         "sent_bytes_by_qos",
         "started",
+        "subscribers_stuck",
         "transport_errors",
     )
 
     #: the scalar counters, for ``as_dict`` and stored sys info
     SCALARS = (
         "bytes_received", "bytes_sent", "clients_connected", "clients_maximum",
-        "connections_total", "inflight_dropped", "messages_dropped", "messages_received",
-        "messages_sent", "started",
+        "connections_refused_flapping", "connections_total", "inflight_dropped",
+        "messages_dropped", "messages_received", "messages_sent", "publishers_held",
+        "publishers_rate_limited", "started", "subscribers_stuck",
     )
 
     def __init__(self) -> None:
@@ -79,6 +84,13 @@ class Stats:
         self._received_base = 0
         self._sent_base = 0
         self.messages_dropped = 0
+        #: connections refused because their client id or address flaps
+        self.connections_refused_flapping = 0
+        #: backpressure: publishers held for a full subscriber queue; subscribers found
+        #: stuck; the inbound rate limit: publishers held for exceeding it
+        self.publishers_held = 0
+        self.subscribers_stuck = 0
+        self.publishers_rate_limited = 0
         #: transports closed before MQTT: failed or stalled TLS handshakes, refused
         #: WebSocket upgrades and frames, missing or malformed PROXY headers
         self.transport_errors = 0

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ..stats import Stats
     from ._access import Access
     from ._connection import Connection
+    from ._flapping import Flapping
     from ._router import Router
     from ._sessions import Registry
 
@@ -73,7 +74,7 @@ class ConnectFlow:
 
     def __init__(self, limits: BrokerSettings, hooks: Hooks, registry: Registry,
                  router: Router, clock: Callable[[], float], access: Access,
-                 stats: Stats) -> None:
+                 stats: Stats, *, flapping: Flapping | None = None) -> None:
         self._limits = limits
         self._access = access
         self._stats = stats
@@ -83,6 +84,8 @@ class ConnectFlow:
         self._registry = registry
         self._router = router
         self._clock = clock
+        #: refuses client ids that keep connecting and dropping (off by default)
+        self._flapping = flapping
         #: connections in the enhanced-authentication exchange of their CONNECT
         self.exchanges: dict[Connection, PendingConnect] = {}
 
@@ -113,6 +116,8 @@ class ConnectFlow:
             cid = "midge" + uuid.uuid4().hex[:18]
             assigned = conn.id_assigned = True
         conn.client_id = cid
+        if self._flapping is not None and self._flapping.refused(conn):
+            return None
         # a transport-established identity (TLS use_identity_as_username) wins
         conn.username = packet.username if conn.identity is None else conn.identity
         if v5:  # also for the AUTH packets of an enhanced-authentication exchange
@@ -253,12 +258,13 @@ class ConnectFlow:
         conn.durable()
         # MQTT 3.1 has no Session Present flag: its CONNACK's first byte is reserved
         conn.send(ConnAck(0, present and level != PROTOCOL_31, ack_props))
-        clients_log.info(
-            "client %s connected from %s on %s (MQTT %s, clean=%s, keepalive=%d, "
-            "session present=%s)", conn.name, conn.remote, conn.listener.label,
-            _LEVELS[level], packet.clean_start, pending.keepalive, present,
-            extra=conn.log_fields,
-        )
+        if clients_log.isEnabledFor(logging.INFO):  # its arguments cost a connect's time
+            clients_log.info(
+                "client %s connected from %s on %s (MQTT %s, clean=%s, keepalive=%d, "
+                "session present=%s)", conn.name, conn.remote, conn.listener.label,
+                _LEVELS[level], packet.clean_start, pending.keepalive, present,
+                extra=conn.log_fields,
+            )
         if hooks.on_session_established is not None:
             hooks.on_session_established(conn, packet)
         self._router.resume(conn, session)

@@ -65,6 +65,14 @@ class Owner(Protocol):
     def strangers_log(self) -> Throttle:
         """The rate limit of log lines about connections that have not logged in."""
 
+    def contended(self) -> bool:
+        """Since the last call, did a delivery have to wait (a subscriber's inflight
+        window or socket was full)? Then a connection that spent its quantum yields."""
+
+    def hold(self, conn: Connection) -> float:
+        """Seconds the ``throttled`` connection must wait before more of its input is
+        handled (0: go on, and it is no longer throttled)."""
+
 
 class Connection:
     """A client's network connection, from accept to close (``midge.Client`` to hooks)."""
@@ -72,16 +80,17 @@ class Connection:
     __slots__ = (
         "_clock", "_ended", "_owner", "_stats", "acl_cache", "aliases_in", "auth_method",
         "certificate", "clean_disconnect", "client_id", "close_reason", "decoder", "hooks",
-        "id_assigned", "identity", "journal", "keepalive", "last_seen", "listener", "mark",
-        "opened", "outbox", "problem_info", "reauthenticating", "remote", "remote_host",
-        "remote_port", "session", "state", "username", "will",
+        "id_assigned", "identity", "input_delay", "journal", "keepalive", "last_seen",
+        "listener", "mark", "more_input", "on_input_ready", "opened", "outbox",
+        "problem_info", "quantum", "reauthenticating", "remote", "remote_host",
+        "remote_port", "session", "state", "throttled", "username", "will",
     )
 
     def __init__(
         self, owner: Owner, driver: Driver, listener: ListenerSettings, host: str, port: int,
         *, hooks: Hooks, clock: Callable[[], float], max_packet_size: int, stats: Stats,
         certificate: PeerCertificate | None = None, identity: str | None = None,
-        journal: Journal | None = None,
+        journal: Journal | None = None, quantum: int = 0,
     ) -> None:
         self._owner = owner
         self._clock = clock
@@ -119,6 +128,19 @@ class Connection:
         self.auth_method: str | None = None
         #: a re-authentication exchange is in progress (AUTH 0x18 expected)
         self.reauthenticating = False
+        #: most packets one ``feed`` handles (0: all it can); what is left waits in the
+        #: decoder so one flooding connection cannot make a loop turn long for everyone
+        self.quantum = quantum
+        #: ``feed`` stopped at the quantum with packets still buffered: the driver stops
+        #: reading and calls ``feed(b"")`` again on a later loop turn
+        self.more_input = False
+        #: with ``more_input``: seconds to wait before feeding again (0: next turn);
+        #: the connection is held (backpressure, the inbound rate)
+        self.input_delay = 0.0
+        #: the engine holds this connection's input now and then: ask ``Owner.hold``
+        self.throttled = False
+        #: the driver's callback to feed again at once: what held the input is over
+        self.on_input_ready: Callable[[], None] | None = None
         self._ended = False
         #: the engine's journal of durable changes (None: no storage)
         self.journal = journal
@@ -168,6 +190,11 @@ class Connection:
         journal = self.journal
         if journal is not None and journal.enabled:
             journal.hold(self.outbox, self.mark, self.session)
+
+    def wake_input(self) -> None:
+        """What held this connection's input is over: the driver feeds again now."""
+        if self.on_input_ready is not None and not self.closing:
+            self.on_input_ready()
 
     def take_output(self) -> tuple[bytes, int]:
         """What to write now, as one buffer, and how many frames it holds."""
@@ -236,18 +263,23 @@ class Connection:
     # -- input -----------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> Ask | None:
-        """Handle received bytes. Returns an Ask when a plugin's decision must be awaited;
-        the driver awaits it, calls ``answer``, and feeds nothing meanwhile."""
+        """Handle received bytes (up to ``quantum`` packets; ``more_input`` then says
+        packets are left, for a later ``feed(b"")``). Returns an Ask when a plugin's
+        decision must be awaited; the driver awaits it, calls ``answer``, and feeds
+        nothing meanwhile."""
+        self.more_input = False
         if self.closing:
             return None
         self.last_seen = self._clock()
-        self._stats.bytes_received += len(data)
-        self.decoder.feed(data)
+        if data:
+            self._stats.bytes_received += len(data)
+            self.decoder.feed(data)
         return self._process()
 
     def answer(self, pending: Ask, value: Any, error: BaseException | None) -> Ask | None:
         """The awaited decision of ``pending``: continue its flow, then the packets that
         arrived meanwhile. Returns the next Ask, if any."""
+        self.more_input = False
         try:
             more = pending.tell(value, error)
             if more is not None:
@@ -271,8 +303,18 @@ class Connection:
         handlers = self._owner.handlers
         received = self._stats.packets_received
         journal = self.journal
+        budget = self.quantum or -1
         try:
-            while (packet := decoder.next_packet()) is not None:
+            while budget:
+                if self.throttled and (wait := self._owner.hold(self)):
+                    # held: what is buffered waits, and nothing more is read meanwhile
+                    self.more_input = True
+                    self.input_delay = wait
+                    return None
+                packet = decoder.next_packet()
+                if packet is None:
+                    return None
+                budget -= 1
                 if type(packet) is not Publish:  # PUBLISHes are counted by QoS, in the flow
                     received[type(packet)] += 1
                 if journal is not None:
@@ -295,6 +337,14 @@ class Connection:
                 self._processed(packet)
                 if self.closing:
                     return None
+                if not budget and not self._owner.contended():
+                    # nobody waits for what this connection sends: no reason to yield
+                    budget = self.quantum
+            # the quantum is spent while deliveries wait for a subscriber: the rest
+            # waits for a later turn (that subscriber's acknowledgements come first), if
+            # a whole packet (or the start of one) is buffered
+            self.more_input = decoder.buffered > 0
+            self.input_delay = 0.0
         except RemoteProtocolError as exc:
             self.protocol_error(exc)
         except Exception:

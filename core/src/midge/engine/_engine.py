@@ -33,12 +33,14 @@ from ..stats import Stats
 from ._access import Access
 from ._connect import ConnectFlow
 from ._connection import Connection
+from ._flapping import Flapping
 from ._journal import Journal
 from ._publish import PublishFlow
 from ._restore import restore as restore_snapshot
 from ._router import Router
 from ._sessions import Registry
 from ._subscribe import SubscribeFlow
+from ._throttle import Throttle as InputThrottle
 
 if TYPE_CHECKING:
     from ..api import PeerCertificate
@@ -78,8 +80,11 @@ class Engine:
         self.registry = Registry(limits, hooks, self.stats, clock, self.router, sessions,
                                  clients, self.journal)
         self.registry.access = self.access
+        self.flapping = Flapping(limits, self.stats, clock)
+        self.throttle = InputThrottle(limits, self.stats, clock)
+        self.router.throttle = self.throttle
         self.connect_flow = ConnectFlow(limits, hooks, self.registry, self.router, clock,
-                                        self.access, self.stats)
+                                        self.access, self.stats, flapping=self.flapping)
         publish = PublishFlow(limits, hooks, self.stats, self.access, self.router, clock)
         subscribe = SubscribeFlow(limits, hooks, self.access, self.router)
         #: packet type -> what it does (the state table has already allowed it)
@@ -135,7 +140,8 @@ class Engine:
                           max_packet_size=min(limits.max_packet_size,
                                               limits.max_connect_packet_size),
                           stats=self.stats, certificate=certificate, identity=identity,
-                          journal=journal if journal.enabled else None)
+                          journal=journal if journal.enabled else None,
+                          quantum=limits.packets_per_turn)
         self.connections.add(conn)
         self.pending[host] = self.pending.get(host, 0) + 1
         self.listener_counts[listener] = self.listener_counts.get(listener, 0) + 1
@@ -162,12 +168,24 @@ class Engine:
         """Connections from ``host`` that have not been sent CONNACK 0."""
         return self.pending.get(host, 0)
 
+    def contended(self) -> bool:
+        router = self.router
+        waited, router.waited = router.waited, 0
+        return waited > 0
+
+    def hold(self, conn: Connection) -> float:
+        return self.throttle.hold(conn)
+
     def ended(self, conn: Connection, connected: bool) -> None:
         if connected:
             self.registry.connection_lost(conn)
+            self.flapping.ended(conn)
         else:
             self._unpend(conn.remote_host)
             self.connect_flow.forget(conn)
+        # last: publishing the will above routes through the throttle too
+        if len(self.throttle):
+            self.throttle.forget(conn)
 
     def released(self, conn: Connection) -> None:
         if conn in self.connections:

@@ -27,11 +27,67 @@ if TYPE_CHECKING:
     from ._access import Access
     from ._connection import Connection
     from ._journal import Journal
+    from ._throttle import Throttle
 
 log = logging.getLogger("midge.broker")
 
 #: an inline subscriber: called with each matching message, never awaited
 Sink = Callable[[Message], None]
+
+
+#: drops that are the protocol working as asked (DEBUG only); every other drop is a loss
+#: an operator must see
+_EXPECTED_DROPS = frozenset({"message expired", "not authorized"})
+#: seconds between two WARNING summaries of dropped messages
+DROP_REPORT_INTERVAL = 10.0
+
+
+class DropReport:
+    """Dropped messages, visible at the default log level without flooding it.
+
+    The first drop after a quiet period is logged at once (WARNING, with its client and
+    reason); later ones are counted per reason and summarised at most once every
+    ``DROP_REPORT_INTERVAL`` seconds, naming the count, the clients and one example.
+    """
+
+    __slots__ = ("_clients", "_counts", "_next", "_reported")
+
+    def __init__(self) -> None:
+        #: reason -> drops not yet reported
+        self._counts: dict[str, int] = {}
+        #: clients the unreported drops were meant for (a few, for the log line)
+        self._clients: dict[str, None] = {}
+        #: before this time a drop is only counted
+        self._next = float("-inf")
+        self._reported = 0
+
+    def add(self, now: float, client: str, topic: str, reason: str) -> None:
+        if now >= self._next and not self._counts:
+            log.warning("message to %s for %s dropped: %s (further drops are summarised "
+                        "every %d s)", topic, client, reason, DROP_REPORT_INTERVAL)
+            self._next = now + DROP_REPORT_INTERVAL
+            return
+        counts = self._counts
+        counts[reason] = counts.get(reason, 0) + 1
+        if len(self._clients) < 5:
+            self._clients[client] = None
+        if now >= self._next:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        """Log what was counted, when the interval since the last line has passed."""
+        if not self._counts or now < self._next:
+            return
+        total = sum(self._counts.values())
+        log.warning(
+            "%d messages dropped in the last %d s (%s), for %s",
+            total, DROP_REPORT_INTERVAL,
+            ", ".join(f"{reason}: {n}" for reason, n in sorted(self._counts.items())),
+            ", ".join(self._clients) + (" and others" if len(self._clients) >= 5 else ""),
+        )
+        self._counts = {}
+        self._clients = {}
+        self._next = now + DROP_REPORT_INTERVAL
 
 
 class Subscriptions:
@@ -100,6 +156,16 @@ class Router:
         #: inline subscribers: key -> callback, matched through their own trie
         self._sinks: dict[str, Sink] = {}
         self._sink_trie = SubscriptionTrie()
+        self.drops = DropReport()
+        #: QoS 1/2 deliveries to a connected client that could not be written at once (its
+        #: inflight window full) since the engine last asked: the quantum's signal to
+        #: yield, so its acknowledgements are read sooner (a QoS 0 drop at a full socket
+        #: is not: yielding would not make that socket read faster)
+        self.waited = 0
+        #: backpressure and the inbound rate (set by the engine)
+        self.throttle: Throttle | None = None
+        #: the connection whose message is being routed (None: a will, the broker)
+        self._publisher: Connection | None = None
 
     # -- inline subscribers ----------------------------------------------------------------
 
@@ -116,6 +182,10 @@ class Router:
     def route(self, message: Message, publisher: Connection | None = None) -> int:
         """Retain and deliver a message to every matching subscriber; returns the count."""
         hooks = self._hooks
+        throttle = self.throttle
+        if (throttle is not None and publisher is not None and throttle.rate_limited
+                and not publisher.closing):  # a will is not the client's own publish
+            throttle.published(publisher)
         if message.retain:
             self._retain(message, publisher)
         origin = message.origin
@@ -132,20 +202,24 @@ class Router:
         if hooks.on_select_subscribers is not None:
             routes = hooks.on_select_subscribers(message, list(routes))
         delivered = 0
-        for route in routes:
-            if route.client_id == origin:
-                qos = route.qos_if_own
-                if qos < 0:
-                    continue
-            else:
-                qos = route.qos
-            if message.qos < qos:
-                qos = message.qos
-            self.deliver(
-                route.client_id, message, qos,
-                message.retain and route.retain_as_published, route.subscription_ids,
-            )
-            delivered += 1
+        self._publisher = publisher
+        try:
+            for route in routes:
+                if route.client_id == origin:
+                    qos = route.qos_if_own
+                    if qos < 0:
+                        continue
+                else:
+                    qos = route.qos
+                if message.qos < qos:
+                    qos = message.qos
+                self.deliver(
+                    route.client_id, message, qos,
+                    message.retain and route.retain_as_published, route.subscription_ids,
+                )
+                delivered += 1
+        finally:
+            self._publisher = None
         if self._sinks:
             for sink_route in self._sink_trie.match(message.topic):
                 self._sinks[sink_route.client_id](message)
@@ -267,12 +341,27 @@ class Router:
         if session is None:
             return None
         out = Outbound(message, qos, retain, subscription_ids)
+        if conn is None and session.online:
+            # between two connections of one session (a takeover publishing the old
+            # connection's will to it): the queue waits for the new one's resume
+            if len(session.pending) >= session.max_queued:
+                return self.dropped(conn, message, "session queue full")
+            session.pending.append(out)
+            return None
         result = session.enqueue(out, bounded)
+        if result is not Enqueued.SEND and conn is not None:
+            self.waited += 1
         if result is Enqueued.SEND:
             assert conn is not None
             self.write_publish(conn, out)
         elif result is Enqueued.DROPPED:
-            self.dropped(conn, message, "session queue full")
+            throttle = self.throttle
+            if (throttle is not None and throttle.backpressure and conn is not None
+                    and throttle.full(conn, session, self._publisher)):
+                # backpressure: queued beyond the cap, and its publisher is held
+                session.pending.append(out)
+            else:
+                self.dropped(conn, message, "session queue full")
         elif (result is Enqueued.NO_PACKET_ID and conn is not None
               and self._hooks.on_packet_id_exhausted is not None):
             self._hooks.on_packet_id_exhausted(conn, message)
@@ -280,8 +369,11 @@ class Router:
 
     def dropped(self, conn: Connection | None, message: Message, reason: str) -> None:
         self._stats.dropped(reason)
-        log.debug("message to %s for %s dropped: %s", safe(message.topic),
-                  conn.name if conn else "an offline client", reason)
+        client = conn.name if conn else "an offline client"
+        if reason in _EXPECTED_DROPS:
+            log.debug("message to %s for %s dropped: %s", safe(message.topic), client, reason)
+        else:
+            self.drops.add(self._clock(), client, safe(message.topic), reason)
         if self._hooks.on_publish_dropped is not None:
             self._hooks.on_publish_dropped(conn, message, reason)
 
@@ -311,6 +403,9 @@ class Router:
 
     def pump(self, conn: Connection, session: Session) -> None:
         """Move queued deliveries into free inflight slots and send them."""
+        throttle = self.throttle
+        if throttle is not None and throttle.backpressure and session.pending:
+            throttle.progress(conn, session)
         # a delivery abandoned by write_publish frees its slot at once; refill until
         # nothing moves, or the queue behind it stalls for good
         while ready := session.sendable(self._clock()):
@@ -353,7 +448,8 @@ class Router:
         return live
 
     def tick(self, now: float) -> None:
-        """Remove the retained messages that expired by ``now``."""
+        """Remove the retained messages that expired by ``now``; report drops."""
+        self.drops.flush(now)
         expiry = self._retained_expiry
         while expiry and expiry[0][0] <= now:
             _, _, message = heapq.heappop(expiry)

@@ -59,6 +59,10 @@ SYS_TOPICS = {
     "$SYS/broker/connections/total": "connections_total",
     "$SYS/broker/subscriptions/count": "subscriptions",
     "$SYS/broker/retained messages/count": "retained",
+    "$SYS/broker/connections/refused/flapping": "connections_refused_flapping",
+    "$SYS/broker/publishers/held": "publishers_held",
+    "$SYS/broker/publishers/rate limited": "publishers_rate_limited",
+    "$SYS/broker/subscribers/stuck": "subscribers_stuck",
 }
 
 #: Mosquitto's load averages: $SYS/broker/load/NAME/{1min,5min,15min} -> the counter whose

@@ -4,6 +4,9 @@ The rule: listeners see the engine only through ``Opener`` (make a Connection) a
 ``Acceptor`` (may one more connect?), never the broker; and every transport awaits an
 engine's ``Ask`` the same way, through ``settle``. A listener that reports on the broker
 (http) reads it only through ``Acceptor.observer``, the read-only ``midge.api.Observer``.
+A driver also honours the quantum: when ``feed`` leaves ``conn.more_input``, it reads
+nothing new and calls ``feed(b"")`` on a later turn (``feed_all`` does both for
+task-driven transports).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from ..api import Observer, PeerCertificate
@@ -146,3 +150,17 @@ async def settle(conn: Connection, pending: Ask | None) -> None:
             pending = conn.answer(pending, None, exc)
         else:
             pending = conn.answer(pending, value, None)
+
+
+async def feed_all(conn: Connection, data: bytes) -> None:
+    """Feed received bytes to a task-driven connection and handle all of them: decisions
+    are awaited, and after each ``packets_per_turn`` quantum the task yields so other
+    connections are served before the rest (``conn.more_input``) is handled; while the
+    engine holds the connection (``conn.input_delay``) it sleeps, reading nothing."""
+    await settle(conn, conn.feed(data))
+    while conn.more_input and not conn.closing:
+        if conn.input_delay:
+            await anyio.sleep(conn.input_delay)  # held: backpressure or the inbound rate
+        else:
+            await anyio.lowlevel.checkpoint()
+        await settle(conn, conn.feed(b""))

@@ -22,7 +22,7 @@ from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 
 from ..config import ListenerSettings
 from ..engine import Ask, Connection
-from ._base import Acceptor, settle
+from ._base import Acceptor, feed_all, settle
 
 log = logging.getLogger("midge.listeners")
 
@@ -55,8 +55,8 @@ class AsyncioDriver(asyncio.Protocol):
 
     __slots__ = (
         "_abort_handle", "_acceptor", "_closed", "_flush_handle", "_held", "_held_size",
-        "_paused", "_reading_paused", "_settling", "_tg", "conn", "loop", "paused_frames",
-        "spec", "transport",
+        "_more_handle", "_paused", "_reading", "_settling", "_tg", "conn", "loop",
+        "paused_frames", "spec", "transport",
     )
 
     def __init__(self, acceptor: Acceptor, spec: ListenerSettings, tg: TaskGroup) -> None:
@@ -74,7 +74,11 @@ class AsyncioDriver(asyncio.Protocol):
         self._settling = False
         self._held: list[bytes] = []
         self._held_size = 0
-        self._reading_paused = False
+        #: the transport is reading (not paused by us)
+        self._reading = True
+        #: a later turn handles the packets the quantum left, or the engine holds this
+        #: connection's input (backpressure, the inbound rate): nothing new is read
+        self._more_handle: asyncio.Handle | None = None
         #: frames handed to the transport while it asked us to stop writing
         self.paused_frames = 0
 
@@ -90,6 +94,8 @@ class AsyncioDriver(asyncio.Protocol):
         if self.conn is None:
             self._closed = True
             transport.abort()  # type: ignore[attr-defined]
+        else:
+            self.conn.on_input_ready = self._input_ready
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -99,14 +105,37 @@ class AsyncioDriver(asyncio.Protocol):
             # keep reading (an end of the connection is seen at once), hold the bytes
             self._held.append(data)
             self._held_size += len(data)
-            if self._held_size >= HOLD_LIMIT and self.transport is not None:
-                self._reading_paused = True
-                self.transport.pause_reading()
+            self._update_reading()
             return
-        pending = conn.feed(data)
+        self._fed(conn, conn.feed(data))
+
+    def _fed(self, conn: Connection, pending: Ask | None) -> None:
+        """After a feed: await a decision, or come back on a later turn for what the
+        quantum (or a hold) left, reading nothing new until then."""
         if pending is not None:
             self._settling = True
             self._tg.start_soon(self._settle, conn, pending)
+        elif conn.more_input and not conn.closing:
+            if self._more_handle is not None:  # a read that was already on its way
+                self._more_handle.cancel()
+            delay = conn.input_delay
+            self._more_handle = (self.loop.call_later(delay, self._more_input) if delay
+                                 else self.loop.call_soon(self._more_input))
+        self._update_reading()
+
+    def _input_ready(self) -> None:
+        """The engine stopped holding this connection: handle its input next turn."""
+        handle = self._more_handle
+        if handle is not None and not self._closed:
+            handle.cancel()
+            self._more_handle = self.loop.call_soon(self._more_input)
+
+    def _more_input(self) -> None:
+        self._more_handle = None
+        conn = self.conn
+        if conn is None or self._closed or conn.closing:
+            return
+        self._fed(conn, conn.feed(b""))
 
     async def _settle(self, conn: Connection, pending: Ask | None) -> None:
         try:
@@ -118,20 +147,36 @@ class AsyncioDriver(asyncio.Protocol):
                     self._held.clear()
                     self._held_size = 0
                     pending = conn.feed(data)
+                    if pending is None and conn.more_input:
+                        break  # the quantum: the rest on a later turn, below
         finally:
             self._settling = False
             self._held.clear()
             self._held_size = 0
-            if self._reading_paused and not self._closed and self.transport is not None:
-                self._reading_paused = False
-                self.transport.resume_reading()
+            if not self._closed:
+                self._fed(conn, None)
+
+    def _update_reading(self) -> None:
+        """Read unless input already received waits: for a later turn (the quantum, a
+        hold), or, past ``HOLD_LIMIT``, for a decision being awaited."""
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        want = self._more_handle is None and not (
+            self._settling and self._held_size >= HOLD_LIMIT)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        for handle in (self._flush_handle, self._abort_handle):
+        for handle in (self._flush_handle, self._abort_handle, self._more_handle):
             if handle is not None:
                 handle.cancel()
         if self.conn is not None:
@@ -224,7 +269,7 @@ class StreamDriver:
                 data = await self.stream.receive(RECEIVE_SIZE)
             except _CLOSED as exc:
                 return str(exc)
-            await settle(conn, conn.feed(data))
+            await feed_all(conn, data)
         return ""
 
     async def _write_loop(self, conn: Connection) -> None:

@@ -21,11 +21,10 @@ from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 
 from ..config import ListenerSettings
 from ..engine import Connection
-from ._base import Acceptor, settle
+from ._base import Acceptor, feed_all
 from ._drivers import (
     _CLOSED,
     CLOSE_FLUSH_TIMEOUT,
-    HOLD_LIMIT,
     RECEIVE_SIZE,
     AsyncioDriver,
     peer,
@@ -130,14 +129,9 @@ class StackedAsyncioDriver(AsyncioDriver):
                 # (after the layers, so what is held is MQTT bytes)
                 self._held.append(app)
                 self._held_size += len(app)
-                if self._held_size >= HOLD_LIMIT and self.transport is not None:
-                    self._reading_paused = True
-                    self.transport.pause_reading()
+                self._update_reading()
             else:
-                pending = conn.feed(app)
-                if pending is not None:
-                    self._settling = True
-                    self._tg.start_soon(self._settle, conn, pending)
+                self._fed(conn, conn.feed(app))
         if pipeline.ended is not None and not conn.closing:
             self._reason = pipeline.ended
             self._shut()
@@ -272,7 +266,7 @@ class StackedStreamDriver:
                 tg.start_soon(self._write_loop, conn)
                 with anyio.CancelScope() as self._reader:
                     if app:
-                        await settle(conn, conn.feed(app))
+                        await feed_all(conn, app)
                     reason = await self._read_loop(conn)
                 self._wake.set()
                 tg.cancel_scope.deadline = anyio.current_time() + CLOSE_FLUSH_TIMEOUT
@@ -296,7 +290,7 @@ class StackedStreamDriver:
             with contextlib.suppress(*_CLOSED):
                 await self._send(self.pipeline.take())
             if app:
-                await settle(conn, conn.feed(app))
+                await feed_all(conn, app)
             if self.pipeline.ended is not None:
                 return self.pipeline.ended
         return ""
