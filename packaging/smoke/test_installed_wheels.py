@@ -127,7 +127,25 @@ def test_the_quick_start_broker_answers_a_round_trip() -> None:
         stop(proc)
 
 
-def test_a_ledger_config_authenticates_and_survives_a_restart(tmp_path: Path) -> None:
+def retained(port: int, topic: str, username: str, password: str) -> bytes | None:
+    """The retained message on ``topic``, read by a fresh subscriber (None: there is none)."""
+    got: queue.Queue[bytes] = queue.Queue()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="smoke-reader")
+    client.username_pw_set(username, password)
+    client.on_message = lambda _c, _u, message: got.put(message.payload)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.subscribe(topic, 1)
+        return got.get(timeout=3)
+    except queue.Empty:
+        return None
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_a_ledger_and_sqlite_config_survives_a_restart(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "midge.toml"
     config.write_text(textwrap.dedent(f"""
@@ -140,14 +158,30 @@ def test_a_ledger_config_authenticates_and_survives_a_restart(tmp_path: Path) ->
 
         [plugins.auth_ledger.users.alice.acl]
         "smoke/#" = 3
+
+        [plugins.storage_sqlite]
+        path = "{tmp_path / 'midge.db'}"
     """))
-    for _ in range(2):
-        proc = start("-c", str(config))
-        try:
-            wait_for_port(port, proc)
-            assert round_trip(port, "alice", "s3cret") == b"from a wheel"
-        finally:
-            stop(proc)
+    proc = start("-c", str(config))
+    try:
+        wait_for_port(port, proc)
+        assert round_trip(port, "alice", "s3cret") == b"from a wheel"
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="smoke-writer")
+        client.username_pw_set("alice", "s3cret")
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.publish("smoke/kept", b"across restarts", 1, retain=True).wait_for_publish(5)
+        client.disconnect()
+        client.loop_stop()
+    finally:
+        stop(proc)
+    proc = start("-c", str(config))
+    try:
+        wait_for_port(port, proc)
+        assert retained(port, "smoke/kept", "alice", "s3cret") == b"across restarts"
+        assert round_trip(port, "alice", "s3cret") == b"from a wheel"
+    finally:
+        stop(proc)
 
 
 def test_the_pytest_plugin_is_registered() -> None:
