@@ -22,7 +22,7 @@ def test_drops_are_logged_once_then_summarised_with_counts(
     harness = Harness(max_queued_messages=10)
     sub = harness.client("slow")
     sub.subscribe("t/#", qos=0)
-    sub.driver.stuck_frames = 10  # its socket holds 10 frames it has not sent
+    sub.conn.outbox.report(10, 0)  # its socket holds 10 frames it has not sent
     pub = harness.client("pub")
     pub.send(*(Publish("t/x", b"m") for _ in range(500)))
     assert harness.engine.stats.messages_dropped == 500

@@ -320,7 +320,7 @@ class EngineFuzz(RuleBasedStateMachine):
         client = self._pick(pick)
         if client is None:
             return
-        client.peer.driver.stuck_frames = stuck
+        client.peer.conn.outbox.report(stuck, 0)  # what its socket has not taken
 
     # -- invariants -----------------------------------------------------------------------
 
