@@ -59,13 +59,18 @@ class BrokerProcess:
         self.port = free_port()
         self.log_path = Path(tempfile.mkstemp(prefix="midge-bench-", suffix=".log")[1])
         args = [sys.executable, "-m", "midge", "--port", str(self.port), *extra]
+        # MIDGE_SRC: another checkout's core/src, to measure an older midge the same way
+        src = os.environ.get("MIDGE_SRC", str(ROOT / "core" / "src"))
         if config is not None:
             path = Path(tempfile.mkstemp(prefix="midge-bench-", suffix=".toml")[1])
             path.write_text(config)
             args[3:3] = ["-c", str(path)]
+        elif "--no-storage" in (Path(src) / "midge" / "cli.py").read_text():
+            # the broker's own state in memory, as an older midge keeps it: these runs
+            # measure the engine (storage has its own crash and space tests), and no
+            # midge.db is left in the working directory
+            args.append("--no-storage")
         env = dict(os.environ)
-        # MIDGE_SRC: another checkout's core/src, to measure an older midge the same way
-        src = os.environ.get("MIDGE_SRC", str(ROOT / "core" / "src"))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
