@@ -77,9 +77,8 @@ class Engine:
         self.access = Access(hooks, limits)
         self.router = Router(limits, hooks, self.stats, self.access, clock, clients, sessions,
                              self.journal)
-        self.registry = Registry(limits, hooks, self.stats, clock, self.router, sessions,
-                                 clients, self.journal)
-        self.registry.access = self.access
+        self.registry = Registry(limits, hooks, self.stats, clock, self.router, self.access,
+                                 sessions, clients, self.journal)
         self.flapping = Flapping(limits, self.stats, clock)
         self.throttle = InputThrottle(limits, self.stats, clock)
         self.router.throttle = self.throttle

@@ -52,10 +52,12 @@ class Registry:
     """Sessions by client id, the connected clients, and the wills waiting their delay."""
 
     def __init__(self, limits: BrokerSettings, hooks: Hooks, stats: Stats,
-                 clock: Callable[[], float], router: Router,
+                 clock: Callable[[], float], router: Router, access: Access,
                  sessions: dict[str, Session], clients: dict[str, Connection],
                  journal: Journal | None = None) -> None:
         self._limits = limits
+        #: the ACL a will passes again when it is published
+        self._access = access
         #: records persistent sessions (None or disabled: no storage)
         self.journal = journal
         self._hooks = hooks
@@ -77,8 +79,6 @@ class Registry:
         self.per_address: dict[str, int] = {}
         #: sessions per owning user name, for the sessions quota
         self.sessions_per_user: dict[str, int] = {}
-        #: the ACL a will passes again when it is published (set by the engine)
-        self.access: Access | None = None
         #: told each connection that is sent CONNACK 0 (set by the engine)
         self.admitted: Callable[[Connection], None] | None = None
 
@@ -257,15 +257,14 @@ class Registry:
         hooks = self._hooks
         if hooks.on_will is not None:
             will = hooks.on_will(conn, will)
-        if self.access is not None:
-            # the rules may have changed since CONNECT (a reload, a delayed will): the
-            # decision is asked afresh
-            conn.acl_cache.clear()
-            why = self.access.will_refusal(conn, will.topic)
-            if why is not None:
-                clients_log.warning("client %s: its will to %s is not published: %s",
-                                    conn.name, safe(will.topic), why, extra=conn.log_fields)
-                return
+        # the rules may have changed since CONNECT (a reload, a delayed will): the
+        # decision is asked afresh
+        conn.acl_cache.clear()
+        why = self._access.will_refusal(conn, will.topic)
+        if why is not None:
+            clients_log.warning("client %s: its will to %s is not published: %s",
+                                conn.name, safe(will.topic), why, extra=conn.log_fields)
+            return
         clients_log.info("client %s: publishing its will to %s", conn.name, safe(will.topic),
                          extra=conn.log_fields)
         self.router.route(Message(will.topic, will.payload, will.qos, will.retain,

@@ -204,24 +204,33 @@ class AsyncioDriver(asyncio.Protocol):
         if conn is None or transport is None or self._closed:
             return
         data, frames = conn.take_output()
+        self._hand_over(transport, conn, data, frames)
+        if conn.closing and self._abort_handle is None:
+            self._half_close(transport)
+
+    def _hand_over(self, transport: asyncio.Transport, conn: Connection, data: bytes,
+                   frames: int) -> None:
+        """Hand ``data`` to the transport and tell the outbox what it still holds."""
         if data:
             if self._paused:
                 self.paused_frames += frames
             transport.write(data)
             conn.outbox.report(self.paused_frames, transport.get_write_buffer_size())
-        if conn.closing and self._abort_handle is None:
-            # half-close: our last words go out, then FIN; the client may still be sending
-            # (PUBRELs after a DISCONNECT, say), and closing outright would answer those
-            # with a reset that can destroy the DISCONNECT before the client reads it
-            try:
-                if transport.can_write_eof():
-                    transport.write_eof()
-                else:
-                    transport.close()
-            except OSError:  # the peer is already gone
-                transport.abort()
-                return
-            self._abort_handle = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
+
+    def _half_close(self, transport: asyncio.Transport) -> None:
+        """Our last words go out, then FIN; the client may still be sending (PUBRELs
+        after a DISCONNECT, say), and closing outright would answer those with a reset
+        that can destroy the DISCONNECT before the client reads it. The transport is
+        aborted if the peer has not closed within ``CLOSE_FLUSH_TIMEOUT``."""
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+        except OSError:  # the peer is already gone
+            transport.abort()
+            return
+        self._abort_handle = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
 
 
 # -- anyio streams: a reader task and a writer task per connection -------------------------

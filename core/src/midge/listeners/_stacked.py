@@ -170,22 +170,9 @@ class StackedAsyncioDriver(AsyncioDriver):
         wire = self.pipeline.send(data)
         if closing:
             wire += self.pipeline.close()
-        if wire:
-            if self._paused:
-                self.paused_frames += frames
-            transport.write(wire)
-            conn.outbox.report(self.paused_frames, transport.get_write_buffer_size())
+        self._hand_over(transport, conn, wire, frames)
         if closing:
-            # as for plain TCP: our last words, then FIN; the peer may still answer
-            try:
-                if transport.can_write_eof():
-                    transport.write_eof()
-                else:
-                    transport.close()
-            except OSError:  # the peer is already gone
-                transport.abort()
-                return
-            self._abort_handle = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, transport.abort)
+            self._half_close(transport)
 
 
 class StackedStreamDriver:
