@@ -11,7 +11,15 @@ import math
 import time
 from typing import Any
 
-from .codec import PROTOCOL_5, Properties, Property, Publish, frame_publish, publish_header
+from .codec import (
+    PROTOCOL_5,
+    Properties,
+    Property,
+    Publish,
+    frame_publish,
+    publish_header,
+    publish_pieces,
+)
 
 #: Properties that belong to one hop (or to the will, not its message) and are never
 #: forwarded as they arrived.
@@ -142,13 +150,11 @@ class Message:
         return frame_publish(pieces[0], pieces[1], packet_id, pieces[2])
 
     def _pieces(self, key: tuple[Any, ...], level: int) -> tuple[int, bytes, bytes]:
-        qos, retain = key[1], key[2]
         props = self.properties
         if len(key) > 3:
             props = dict(props)
             props[Property.MESSAGE_EXPIRY_INTERVAL] = key[3]
-        packet = Publish(self.topic, self.payload, qos, retain, False, 0, props)
-        return publish_header(packet, level)
+        return publish_pieces(self.topic, self.payload, key[1], key[2], False, props, level)
 
     def _frame0(self, key: tuple[Any, ...], level: int) -> bytes:
         byte0, topic, tail = self._pieces(key, level)

@@ -118,7 +118,10 @@ class Decoder:
             return None
         byte0 = buf[pos]
         ptype = byte0 >> 4
-        self._check_type(ptype)
+        if not (3 <= ptype <= 7 and self._connected):
+            # PUBLISH and its acknowledgements are valid both ways once connected: the
+            # per-message packets skip the full check
+            self._check_type(ptype)
         # remaining length, inline for speed
         i = pos + 1
         length = 0

@@ -32,7 +32,7 @@ from ._packets import (
     Unsubscribe,
 )
 from ._primitives import encode_binary, encode_string, encode_varint
-from ._properties import WILL, encode_properties
+from ._properties import WILL, Properties, encode_properties
 
 
 def _frame(byte0: int, body: bytes) -> bytes:
@@ -83,14 +83,21 @@ def publish_header(p: Publish, level: int) -> tuple[int, bytes, bytes]:
 
     The caller frames them; see ``frame_publish``.
     """
-    if p.qos not in (0, 1, 2):
-        raise LocalProtocolError(f"PUBLISH QoS {p.qos} is not 0, 1 or 2")
-    byte0 = 0x30 | (p.qos << 1) | (0x08 if p.dup else 0) | (0x01 if p.retain else 0)
+    return publish_pieces(p.topic, p.payload, p.qos, p.retain, p.dup, p.properties, level)
+
+
+def publish_pieces(topic: str, payload: bytes, qos: int, retain: bool, dup: bool,
+                   properties: Properties, level: int) -> tuple[int, bytes, bytes]:
+    """``publish_header`` from the fields, for a broker framing a message it holds (no
+    Publish packet is built per delivery)."""
+    if qos not in (0, 1, 2):
+        raise LocalProtocolError(f"PUBLISH QoS {qos} is not 0, 1 or 2")
+    byte0 = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
     if level == PROTOCOL_5:
-        tail = encode_properties(p.properties, PacketType.PUBLISH) + p.payload
+        tail = encode_properties(properties, PacketType.PUBLISH) + payload
     else:
-        tail = p.payload
-    return byte0, encode_string(p.topic), tail
+        tail = payload
+    return byte0, encode_string(topic), tail
 
 
 def frame_publish(byte0: int, topic: bytes, packet_id: int, tail: bytes) -> bytes:

@@ -2,6 +2,8 @@
 
 The rule: every permission question the engine asks goes through ``Access``; a decision
 is cached per connection until a reload, so steady-state delivery costs a dict lookup.
+(The PUBLISH flow reads a cached write decision itself: a topic has one only after it
+passed the topic limits and the ``$`` rule, which are checked before the vote.)
 """
 
 from __future__ import annotations

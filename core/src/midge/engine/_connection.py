@@ -334,8 +334,11 @@ class Connection:
                 if pending is not None:
                     pending.packet = packet
                     return pending
-                self._processed(packet)
-                if self.closing:
+                state = self.state
+                if state is State.CONNECTED:
+                    if hooks.on_packet_processed is not None:
+                        hooks.on_packet_processed(self, packet, None)
+                elif state is State.CLOSING or state is State.CLOSED:
                     return None
                 if not budget and not self._owner.contended():
                     # nobody waits for what this connection sends: no reason to yield

@@ -80,7 +80,12 @@ class PublishFlow:
             if v5 and Property.TOPIC_ALIAS in packet.properties:
                 self._resolve_alias(conn, packet)
             topic = packet.topic
-            self._access.check_topic(topic, ReasonCode.TOPIC_NAME_INVALID)
+            # a topic with a cached write decision already passed the topic limits and
+            # the $ rule (they are checked before the ACL is asked): a steady publisher
+            # pays one lookup
+            writable = conn.acl_cache.get((topic, True))
+            if writable is None:
+                self._access.check_topic(topic, ReasonCode.TOPIC_NAME_INVALID)
             if packet.qos > limits.maximum_qos:
                 raise RemoteProtocolError(
                     ReasonCode.QOS_NOT_SUPPORTED,
@@ -130,12 +135,14 @@ class PublishFlow:
             self._acknowledge(conn, packet, ReasonCode.PAYLOAD_FORMAT_INVALID,
                               "payload is not valid UTF-8")
             return None
-        if topic.startswith("$"):
-            log.warning("client %s may not publish to %s; dropped", conn.name, safe(topic),
-                        extra=conn.log_fields)
-            self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
-            return None
-        if not self._access.allowed(conn, topic, True):
+        if writable is None:
+            if topic.startswith("$"):
+                log.warning("client %s may not publish to %s; dropped", conn.name,
+                            safe(topic), extra=conn.log_fields)
+                self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
+                return None
+            writable = self._access.allowed(conn, topic, True)
+        if not writable:
             log.warning("client %s is not authorized to publish to %s; dropped",
                         conn.name, safe(topic), extra=conn.log_fields)
             self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)

@@ -39,6 +39,10 @@ class State(Enum):
     #: the transport is gone
     CLOSED = "closed"
 
+    # members are singletons: identity is their hash (Enum's own hashes the name in
+    # Python, and the table below is looked up for every packet)
+    __hash__ = object.__hash__
+
 
 _CONNECTED_PACKETS: frozenset[type[Packet]] = frozenset({
     Publish, PubAck, PubRec, PubRel, PubComp, Subscribe, Unsubscribe, PingReq, Disconnect,
