@@ -21,6 +21,7 @@ from ._packets import (
     PacketType,
     PingReq,
     PingResp,
+    Properties,
     PubAck,
     PubComp,
     Publish,
@@ -32,7 +33,7 @@ from ._packets import (
     Unsubscribe,
 )
 from ._primitives import encode_binary, encode_string, encode_varint
-from ._properties import WILL, Properties, encode_properties
+from ._properties import WILL, encode_properties
 
 
 def _frame(byte0: int, body: bytes) -> bytes:
