@@ -28,13 +28,19 @@ import anyio
 import anyio.to_thread
 import h11
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from .._version import __version__
-from ..api import Observer
+from ..api import CLIENT_STATES, Observer
 from ..config import HttpAuth, ListenerSettings, is_loopback
 from ._base import Acceptor, Listener, bind_error
 
@@ -391,11 +397,14 @@ class App:
 
     async def _clients(self, path: str, query: dict[str, list[str]],
                        request: h11.Request) -> Response:
-        unknown = set(query) - {"prefix", "limit", "offset"}
+        unknown = set(query) - {"prefix", "state", "limit", "offset"}
         if unknown:
             return _json(400, {"error": f"unknown parameter {sorted(unknown)[0]!r}; allowed: "
-                                        "prefix, limit, offset"})
+                                        "prefix, state, limit, offset"})
         prefix = query.get("prefix", [""])[-1]
+        state = query.get("state", ["all"])[-1]
+        if state not in CLIENT_STATES:
+            return _json(400, {"error": f"state must be one of {', '.join(CLIENT_STATES)}"})
         try:
             limit = int(query.get("limit", [str(PAGE_DEFAULT)])[-1])
             offset = int(query.get("offset", ["0"])[-1])
@@ -403,7 +412,7 @@ class App:
             return _json(400, {"error": "limit and offset must be integers"})
         if not 1 <= limit <= PAGE_MAX or offset < 0:
             return _json(400, {"error": f"limit must be in 1..{PAGE_MAX}, offset at least 0"})
-        clients = self.observer.clients_info(prefix)
+        clients = self.observer.clients_info(prefix, state)
         return _json(200, {
             "total": len(clients), "offset": offset, "limit": limit,
             "clients": clients[offset:offset + limit],
@@ -414,7 +423,7 @@ class App:
         client_id = unquote(path[len("/api/clients/"):])
         info = self.observer.client_info(client_id)
         if info is None:
-            return _json(404, {"error": f"client {client_id!r} is not connected"})
+            return _json(404, {"error": f"no client or session {client_id!r}"})
         return _json(200, info)
 
     async def _status_page(self, path: str, query: dict[str, list[str]],
@@ -569,4 +578,32 @@ class BrokerCollector:
         uptime = max(0.0, time.time() - stats.started)
         yield GaugeMetricFamily("midge_uptime_seconds", "seconds since the broker started",
                                 value=math.floor(uptime))
+        storage = observer.storage_info()
+        if storage is not None:
+            yield from storage_metrics(storage)
+
+
+def storage_metrics(storage: dict[str, Any]) -> Iterator[Metric]:
+    """The storage writer's figures (``Observer.storage_info``) as metrics."""
+    info = GaugeMetricFamily("midge_storage_info", "the active storage backend",
+                             labels=["backend", "durability"])
+    info.add_metric([storage["backend"], storage["durability"]], 1)
+    yield info
+    yield GaugeMetricFamily("midge_storage_up",
+                            "1 unless the last commit attempt failed", value=storage["reachable"])
+    yield CounterMetricFamily("midge_storage_commits", "batches committed to the storage",
+                              value=storage["commits"])
+    yield CounterMetricFamily("midge_storage_commit_failures",
+                              "commit attempts that failed (each retry counts)",
+                              value=storage["commit_failures"])
+    yield HistogramMetricFamily("midge_storage_commit_seconds",
+                                "time a successful commit took",
+                                buckets=list(storage["commit_seconds_buckets"].items()),
+                                sum_value=storage["commit_seconds"])
+    yield SummaryMetricFamily("midge_storage_batch_size", "changes per committed batch",
+                              count_value=storage["commits"],
+                              sum_value=storage["items_committed"])
+    yield GaugeMetricFamily("midge_storage_pending_items",
+                            "changes taken for a commit and not stored yet",
+                            value=storage["pending_items"])
 
