@@ -1,11 +1,14 @@
 """The http listener: health, readiness, Prometheus metrics, JSON stats, clients, status page.
 
 The rule: HTTP/1.1 is parsed by h11 (sans-I/O, like the codec) and served from the broker's
-own event loop through anyio streams; no web framework. The listener reads the broker only
-through the read-only ``midge.api.Observer`` (``Acceptor.observer``) and computes every
-figure when it is asked, so MQTT traffic pays nothing for being observed. Every request is
-bounded: its headers in size, its arrival in time, the connections in number; bad input gets
-its status code (400, 401, 404, 405, 408, 413, 431) and never a traceback.
+own event loop through anyio streams; no web framework. With ``certfile`` and ``keyfile`` it
+serves HTTPS through the tls listener's own TLS layer and contexts (the same checks, the
+same reload on SIGHUP). The listener reads the broker only through the read-only
+``midge.api.Observer`` (``Acceptor.observer``) and computes every figure when it is asked,
+so MQTT traffic pays nothing for being observed. Every request is bounded: its headers in
+size, its arrival (and its TLS handshake) in time, the connections in number; bad input
+gets its status code (400, 401, 404, 405, 408, 413, 431) or a TLS alert, and never a
+traceback.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import importlib.resources
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
@@ -43,6 +47,8 @@ from .._version import __version__
 from ..api import CLIENT_STATES, Observer
 from ..config import HttpAuth, ListenerSettings, is_loopback
 from ._base import Acceptor, Listener, bind_error
+from ._layers import TransportError
+from .tls import Contexts, TlsLayer
 
 log = logging.getLogger("midge.http")
 
@@ -63,6 +69,8 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _RECEIVE = 65536
 _CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _SERVER = f"midge/{__version__}".encode()
+#: how a plain HTTP request starts (a TLS record starts with the byte 0x16)
+_PLAIN_HTTP = re.compile(rb"[A-Z]{3,10} ")
 #: the status page's headers: its own inline script and style only, data from this origin
 _PAGE_POLICY = (b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                 b"connect-src 'self'; img-src data:; base-uri 'none'; frame-ancestors 'none'")
@@ -76,19 +84,24 @@ async def bind(acceptor: Acceptor, spec: ListenerSettings) -> Listener:
     if spec.auth is None and not spec.public and not is_loopback(spec.host):
         raise ValueError(f"http listener on {spec.host}: without auth it binds only a loopback "
                          "address unless public = true")
+    # certificates first: a file that cannot be used stops startup, naming it
+    contexts = Contexts(spec) if spec.tls else None
     try:
         multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port)
     except OSError as exc:
         raise bind_error(exc, spec.host, spec.port) from exc
-    return HttpListener(spec, multi, observer)
+    return HttpListener(spec, multi, observer, contexts)
 
 
 class HttpListener:
     """A bound HTTP listener serving the broker's observability endpoints."""
 
-    def __init__(self, spec: ListenerSettings, multi: Any, observer: Observer) -> None:
+    def __init__(self, spec: ListenerSettings, multi: Any, observer: Observer,
+                 contexts: Contexts | None = None) -> None:
         self._spec = spec
         self._multi = multi
+        #: the TLS contexts of an HTTPS listener (None: plain HTTP)
+        self._contexts = contexts
         #: one per accept loop (a scope can be entered once)
         self._scopes: list[anyio.CancelScope] = []
         self.app = App(observer, spec.auth)
@@ -103,8 +116,10 @@ class HttpListener:
             task_group.start_soon(self._accept_loop, sock, task_group)
 
     def reload(self) -> None:
-        """Nothing to reload: the http listener loads no files (its auth comes with the
+        """Reload the certificates of an HTTPS listener (its auth comes with the
         configuration)."""
+        if self._contexts is not None:
+            self._contexts.reload()
 
     async def aclose(self) -> None:
         for scope in self._scopes:
@@ -131,29 +146,129 @@ class HttpListener:
                     continue
                 task_group.start_soon(self._serve, stream)
 
-    async def _serve(self, stream: SocketStream) -> None:
+    async def _serve(self, raw: SocketStream) -> None:
         # open connections end with the broker's connection task group at shutdown
         self._open += 1
+        stream: Stream = raw
         try:
-            await HttpConnection(self.app, stream).run()
+            peer = raw.extra(SocketAttribute.remote_address)
+            name = f"{peer[0]}:{peer[1]}"
+        except Exception:
+            name = "?"
+        try:
+            if self._contexts is not None:
+                secured = TlsStream(raw, self._contexts.layer())
+                stream = secured
+                if not await secured.handshake(name):
+                    return
+            await HttpConnection(self.app, stream, name).run()
         finally:
             self._open -= 1
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
 
+class Stream(Protocol):
+    """What an HTTP connection reads and writes: a socket stream, or TLS over one."""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes: ...
+
+    async def send(self, item: bytes) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TlsStream:
+    """HTTPS: the tls listener's TLS layer (sans-I/O) over a socket stream."""
+
+    def __init__(self, raw: SocketStream, layer: TlsLayer) -> None:
+        self.raw = raw
+        self.layer = layer
+        #: application data that came with the end of the handshake
+        self._early = b""
+
+    async def handshake(self, peer: str) -> bool:
+        """Complete the TLS handshake (False: it failed or timed out, and is logged)."""
+        layer = self.layer
+        try:
+            with anyio.fail_after(REQUEST_TIMEOUT):
+                first = True
+                while not layer.established:
+                    data = await self.raw.receive(_RECEIVE)
+                    if first and _PLAIN_HTTP.match(data):
+                        log.info("http client %s sent plain HTTP to an HTTPS listener; "
+                                 "answered 400", peer)
+                        await self.raw.send(_plain_http_refusal())
+                        return False
+                    first = False
+                    try:
+                        self._early += layer.receive(data)
+                    finally:
+                        # the handshake's next flight, or the alert that refuses it
+                        await self._flush()
+        except TransportError as exc:
+            log.info("http client %s: %s", peer, exc)
+            return False
+        except TimeoutError:
+            log.info("http client %s did not complete a TLS handshake within %s s; closing",
+                     peer, REQUEST_TIMEOUT)
+            return False
+        except _CLOSED:
+            return False
+        return True
+
+    async def receive(self, max_bytes: int = _RECEIVE) -> bytes:
+        if self._early:
+            data, self._early = self._early, b""
+            return data
+        while True:
+            if self.layer.ended:
+                raise anyio.EndOfStream
+            data = await self.raw.receive(max_bytes)
+            try:
+                plain = self.layer.receive(data)
+            except TransportError as exc:
+                raise anyio.BrokenResourceError(str(exc)) from None
+            await self._flush()
+            if plain:
+                return plain
+
+    async def send(self, item: bytes) -> None:
+        self.layer.send(item)
+        await self._flush()
+
+    async def aclose(self) -> None:
+        try:
+            if self.layer.established:
+                self.layer.close()
+                await self._flush()  # close_notify
+        except _CLOSED:
+            pass
+        finally:
+            await self.raw.aclose()
+
+    async def _flush(self) -> None:
+        data = self.layer.take()
+        if data:
+            await self.raw.send(data)
+
+
+def _plain_http_refusal() -> bytes:
+    body = json.dumps({"error": "this is an HTTPS listener: use https://"}).encode()
+    headers = [*_headers(b"application/json", body), (b"connection", b"close")]
+    return (b"HTTP/1.1 400 Bad Request\r\n"
+            + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+            + b"\r\n" + body)
+
+
 class HttpConnection:
     """One HTTP/1.1 connection: requests in, responses out, until either side closes."""
 
-    def __init__(self, app: App, stream: SocketStream) -> None:
+    def __init__(self, app: App, stream: Stream, peer: str) -> None:
         self.app = app
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        try:
-            peer = stream.extra(SocketAttribute.remote_address)
-            self.peer = f"{peer[0]}:{peer[1]}"
-        except Exception:
-            self.peer = "?"
+        self.peer = peer
 
     async def run(self) -> None:
         while True:
