@@ -203,10 +203,12 @@ class Observer(Protocol):
         long, cumulative, ending with ``+Inf``), ``items_committed`` (changes, summed
         over the commits) and ``pending_items`` (taken for a commit, not stored yet)."""
 
-    def clients_info(self, prefix: str = "", state: str = "all") -> list[dict[str, Any]]:
-        """The clients whose id starts with ``prefix``, sorted by id: connected ones
-        (``state`` "connected"), the persistent sessions whose client is away
-        ("offline"), or both ("all"); each has a ``state``."""
+    def clients_info(self, prefix: str = "", state: str = "all", offset: int = 0,
+                     limit: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """How many clients have an id that starts with ``prefix``, and ``limit`` of them
+        (None: all) from ``offset`` on, sorted by id: connected ones (``state``
+        "connected"), the persistent sessions whose client is away ("offline"), or both
+        ("all"); each has a ``state``."""
 
     def client_info(self, client_id: str) -> dict[str, Any] | None:
         """One client, connected or an offline session, with its subscriptions and their

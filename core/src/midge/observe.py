@@ -9,6 +9,7 @@ holds the Broker, the Engine or the storage writer.
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 import time
@@ -176,20 +177,27 @@ class Observatory:
 
     # -- clients ---------------------------------------------------------------------------
 
-    def clients_info(self, prefix: str = "", state: str = "all") -> list[dict[str, Any]]:
+    def clients_info(self, prefix: str = "", state: str = "all", offset: int = 0,
+                     limit: int | None = None) -> tuple[int, list[dict[str, Any]]]:
         if state not in CLIENT_STATES:
             raise ValueError(f"state {state!r}: allowed: {', '.join(CLIENT_STATES)}")
         engine = self._engine
         clients = engine.clients
-        found: list[dict[str, Any]] = []
-        if state != "offline":
-            found.extend(self._client(conn) for cid, conn in clients.items()
-                         if cid.startswith(prefix))
-        if state != "connected":
-            found.extend(self._offline(session) for cid, session in engine.sessions.items()
-                         if cid not in clients and cid.startswith(prefix))
-        found.sort(key=_by_id)
-        return found
+        sessions = engine.sessions
+        if state == "connected":
+            ids = [cid for cid in clients if cid.startswith(prefix)]
+        elif state == "offline":
+            ids = [cid for cid in sessions if cid not in clients and cid.startswith(prefix)]
+        else:
+            # a connected client holds a session; any that does not is listed too
+            ids = [cid for cid in sessions if cid.startswith(prefix)]
+            ids += [cid for cid in clients if cid not in sessions and cid.startswith(prefix)]
+        # only the page is sorted out and described: with many offline sessions, the
+        # whole list would stall the event loop
+        end = len(ids) if limit is None else offset + limit
+        page = heapq.nsmallest(end, ids)[offset:]
+        return len(ids), [self._client(clients[cid]) if cid in clients
+                          else self._offline(sessions[cid]) for cid in page]
 
     def client_info(self, client_id: str) -> dict[str, Any] | None:
         engine = self._engine
@@ -278,10 +286,6 @@ class Observatory:
             answer = await caller.acall(self._handle)
             return str(answer) if answer else None
         return f"a readiness check took longer than {READY_CHECK_TIMEOUT} s"
-
-
-def _by_id(info: dict[str, Any]) -> str:
-    return str(info["id"])
 
 
 def _address(host: str, port: int) -> str:

@@ -97,7 +97,7 @@ class HttpListener:
     """A bound HTTP listener serving the broker's observability endpoints."""
 
     def __init__(self, spec: ListenerSettings, multi: Any, observer: Observer,
-                 contexts: Contexts | None = None) -> None:
+                 contexts: Contexts | None) -> None:
         self._spec = spec
         self._multi = multi
         #: the TLS contexts of an HTTPS listener (None: plain HTTP)
@@ -527,11 +527,9 @@ class App:
             return _json(400, {"error": "limit and offset must be integers"})
         if not 1 <= limit <= PAGE_MAX or offset < 0:
             return _json(400, {"error": f"limit must be in 1..{PAGE_MAX}, offset at least 0"})
-        clients = self.observer.clients_info(prefix, state)
-        return _json(200, {
-            "total": len(clients), "offset": offset, "limit": limit,
-            "clients": clients[offset:offset + limit],
-        })
+        total, clients = self.observer.clients_info(prefix, state, offset, limit)
+        return _json(200, {"total": total, "offset": offset, "limit": limit,
+                           "clients": clients})
 
     async def _client(self, path: str, query: dict[str, list[str]],
                   request: h11.Request) -> Response:
