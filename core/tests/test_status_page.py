@@ -144,7 +144,7 @@ def test_the_status_page_shows_live_traffic(
         # the deepest queue first: the offline session's
         night_row = page["clients_rows"][0]
         assert night_row[0] == "night-shift" and night_row[6] == "3"
-        assert night_row[2] == "–" and night_row[8].startswith("offline since ")
+        assert night_row[2] == "\u2013" and night_row[8].startswith("offline since ")
         assert page["clients_note"] == "5 connected, 1 offline session"
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
