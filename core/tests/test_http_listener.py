@@ -30,6 +30,12 @@ from midge.listeners import http as http_listener
 
 class Observed(RunningBroker):
     http_port: int
+    future: Any
+
+    def stop(self) -> None:
+        """Shut the broker down now (the fixture's own shutdown then does nothing)."""
+        self.call(self.broker.shutdown)
+        self.future.result(timeout=15)
 
 
 @pytest.fixture
@@ -37,13 +43,17 @@ def observed_factory() -> Iterator[Callable[..., Observed]]:
     running: list[tuple[Any, Any, Any]] = []
 
     def start(plugins: list[tuple[str, Any]] | None = None, auth: HttpAuth | None = None,
-              **limits: Any) -> Observed:
+              tables: dict[str, dict[str, Any]] | None = None,
+              http: ListenerSettings | None = None, **limits: Any) -> Observed:
+        """A broker with a tcp and an http listener (``http``: its settings); ``tables``
+        activates installed plugins as a configuration file's [plugins.NAME] would."""
         settings = Settings(
             broker=BrokerSettings(**limits),
             listeners=(
                 ListenerSettings(host="127.0.0.1", port=0, allow_anonymous=True),
-                ListenerSettings(type="http", host="127.0.0.1", port=0, auth=auth),
+                http or ListenerSettings(type="http", host="127.0.0.1", port=0, auth=auth),
             ),
+            plugins=tables or {},
         )
         broker = Broker(settings, plugins=plugins)
         cm = anyio.from_thread.start_blocking_portal("asyncio")
@@ -52,6 +62,7 @@ def observed_factory() -> Iterator[Callable[..., Observed]]:
         running.append((cm, portal, (broker, future)))
         result = Observed(broker, broker.addresses[0][1], portal)
         result.http_port = broker.addresses[1][1]
+        result.future = future
         return result
 
     yield start
@@ -281,11 +292,102 @@ def test_api_clients_paged_filtered_and_one_client(
         "retain_handling": 2, "subscription_id": None,
     }]
     status, _, body = get(port, "/api/clients/nobody")
-    assert status == 404 and b"nobody" in body
-    for bad in ("limit=0", "limit=x", "offset=-1", "colour=red"):
+    assert status == 404 and json.loads(body) == {"error": "no client or session 'nobody'"}
+    for bad, message in (
+        ("limit=0", "limit must be in 1..1000, offset at least 0"),
+        ("limit=x", "limit and offset must be integers"),
+        ("offset=-1", "limit must be in 1..1000, offset at least 0"),
+        ("colour=red", "unknown parameter 'colour'; allowed: prefix, state, limit, offset"),
+        ("state=asleep", "state must be one of all, connected, offline"),
+    ):
         status, _, body = get(port, f"/api/clients?{bad}")
         assert status == 400, bad
-        assert b"error" in body
+        assert json.loads(body) == {"error": message}, bad
+
+
+def test_api_clients_lists_offline_sessions_with_their_queues(
+    broker: Observed, client_factory: Callable[..., Client]
+) -> None:
+    port = broker.http_port
+    # two persistent sessions that go away (one v5 with an expiry), one clean client that
+    # goes away (no session is left), and two that stay
+    away = [client_factory("away-1", clean=False),
+            client_factory("away-2", protocol=paho.MQTTv5, clean=False,
+                           properties=_expiry(3600))]
+    for index, client in enumerate(away):
+        client.subscribe("queue/#", qos=1)
+        if index:
+            client.subscribe("other/#", qos=0)
+    gone = client_factory("gone", clean=True)
+    gone.subscribe("queue/#", qos=1)
+    publisher = client_factory("publisher")
+    client_factory("watcher")
+    wait_for(lambda: get_json(port, "/stats")["subscriptions"] == 4)
+    for name in ("away-1", "away-2", "gone"):
+        assert get_json(port, f"/api/clients/{name}")["state"] == "connected"
+    went = time.time()
+    for client in (*away, gone):
+        client.close()
+    wait_for(lambda: get_json(port, "/stats")["clients_connected"] == 2)
+    for index in range(3):
+        publisher.paho.publish("queue/x", f"m{index}", qos=1).wait_for_publish(3)
+
+    everyone = get_json(port, "/api/clients")
+    assert everyone["total"] == 4
+    assert [(c["id"], c["state"]) for c in everyone["clients"]] == [
+        ("away-1", "offline"), ("away-2", "offline"), ("publisher", "connected"),
+        ("watcher", "connected")]
+    offline = get_json(port, "/api/clients?state=offline")["clients"]
+    assert [c["id"] for c in offline] == ["away-1", "away-2"]
+    first, second = offline
+    assert first["queue_depth"] == 3 and second["queue_depth"] == 3
+    assert first["subscriptions"] == 1 and second["subscriptions"] == 2
+    assert first["protocol_level"] == 4 and second["protocol_level"] == 5
+    assert first["inflight"] == 0
+    for entry in offline:
+        assert went - 1 < entry["offline_since"] < time.time() + 1
+        assert entry["connected_since"] is None and entry["address"] is None
+        assert entry["listener"] is None and entry["keepalive"] is None
+        # the same keys as a connected client's
+        assert set(entry) == set(everyone["clients"][2])
+    assert first["expires_at"] is None  # v3.1.1 clean session 0: kept until it returns
+    assert second["expires_at"] == pytest.approx(second["offline_since"] + 3600, abs=0.01)
+    connected = get_json(port, "/api/clients?state=connected")
+    assert [c["id"] for c in connected["clients"]] == ["publisher", "watcher"]
+    assert all(c["offline_since"] is None for c in connected["clients"])
+    # paging and the prefix apply to the whole list
+    page = get_json(port, "/api/clients?prefix=away-&limit=1&offset=1")
+    assert page["total"] == 2 and [c["id"] for c in page["clients"]] == ["away-2"]
+    assert get_json(port, "/api/clients?prefix=w&state=offline")["total"] == 0
+    assert get_json(port, "/api/clients?prefix=w&state=all")["total"] == 1
+    # one offline session, with its subscriptions and their options
+    one = get_json(port, "/api/clients/away-2")
+    assert one["state"] == "offline" and one["queue_depth"] == 3
+    assert one["subscriptions"] == [
+        {"topic_filter": "other/#", "qos": 0, "no_local": False, "retain_as_published": False,
+         "retain_handling": 0, "subscription_id": None},
+        {"topic_filter": "queue/#", "qos": 1, "no_local": False, "retain_as_published": False,
+         "retain_handling": 0, "subscription_id": None},
+    ]
+    status, _, body = get(port, "/api/clients/gone")
+    assert status == 404 and json.loads(body) == {"error": "no client or session 'gone'"}
+    # back again: connected, and its queue is delivered
+    back = client_factory("away-1", clean=False)
+    assert sorted(back.expect().payload for _ in range(3)) == [b"m0", b"m1", b"m2"]
+    wait_for(lambda: get_json(port, "/api/clients/away-1")["queue_depth"] == 0)
+    again = get_json(port, "/api/clients/away-1")
+    assert again["state"] == "connected" and again["offline_since"] is None
+    assert [c["id"] for c in get_json(port, "/api/clients?state=offline")["clients"]] == [
+        "away-2"]
+
+
+def _expiry(seconds: int) -> Any:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = seconds
+    return props
 
 
 def test_a_client_id_with_a_slash_or_space_is_found(

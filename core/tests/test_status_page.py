@@ -70,7 +70,8 @@ const xs = new Set(line ? line.getAttribute("points").split(" ").map((p) => p.sp
 const rows = (sel) => Array.from(document.querySelectorAll(sel),
                                  (tr) => Array.from(tr.cells, (td) => td.textContent));
 return {text, points, distinct_x: xs.size, listeners_rows: rows("#listeners tr"),
-        clients_rows: rows("#clients-table tr")};
+        clients_rows: rows("#clients-table tr"),
+        clients_note: document.getElementById("clients-note").textContent};
 """
 
 
@@ -85,6 +86,12 @@ def test_the_status_page_shows_live_traffic(
     gateway = client_factory("gateway-7", protocol=paho.MQTTv5)
     gateway.subscribe("plant/+/alarm", qos=0)
     publisher = client_factory("line-3-publisher")
+    # a persistent session whose client has gone home: offline, holding a queue
+    night = client_factory("night-shift", clean=False)
+    night.subscribe("plant/+/alarm", qos=1)
+    night.close()
+    for index in range(3):
+        publisher.paho.publish("plant/line3/alarm", f"alarm {index}", qos=1).wait_for_publish(3)
     stop = threading.Event()
     sent = [0]
 
@@ -121,7 +128,7 @@ def test_the_status_page_shows_live_traffic(
         assert text["version"] == midge.__version__
         assert text["state"] == "live"
         assert text["clients"] == "5"
-        assert text["subscriptions"] == "4"
+        assert text["subscriptions"] == "5"
         assert float(text["rate-in"].replace(",", "")) > 0
         assert float(text["rate-out"].replace(",", "")) > 0
         assert text["uptime"].endswith("s")
@@ -133,7 +140,12 @@ def test_the_status_page_shows_live_traffic(
         assert [row[1] for row in listeners] == ["tcp", "http"]
         assert listeners[0][3] == "5"
         ids = {row[0] for row in page["clients_rows"]}
-        assert {"gateway-7", "line-3-publisher", "dashboard-sub-0"} <= ids
+        assert {"gateway-7", "line-3-publisher", "dashboard-sub-0", "night-shift"} <= ids
+        # the deepest queue first: the offline session's
+        night_row = page["clients_rows"][0]
+        assert night_row[0] == "night-shift" and night_row[6] == "3"
+        assert night_row[2] == "\u2013" and night_row[8].startswith("offline since ")
+        assert page["clients_note"] == "5 connected, 1 offline session"
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
         ARTEFACTS.mkdir(exist_ok=True)

@@ -170,6 +170,11 @@ class BrokerHandle(Protocol):
         client is accepted) and is cancelled after the clients are gone at shutdown."""
 
 
+#: what ``Observer.clients_info`` selects by ``state``: both, connected clients, or the
+#: persistent sessions whose client is away
+CLIENT_STATES = ("all", "connected", "offline")
+
+
 class Observer(Protocol):
     """What the http listener may read of the broker (``Acceptor.observer``): figures
     and views computed when asked, never a handle to change anything."""
@@ -190,11 +195,24 @@ class Observer(Protocol):
         """Each listener: ``name``, ``type``, ``address``, ``connections`` (now) and
         ``connections_total``."""
 
-    def clients_info(self, prefix: str = "") -> list[dict[str, Any]]:
-        """The connected clients whose id starts with ``prefix``, sorted by id."""
+    def storage_info(self) -> dict[str, Any] | None:
+        """The storage writer's figures (None: no storage plugin is active):
+        ``backend``, ``durability``, ``reachable`` (the last commit attempt succeeded),
+        ``commits``, ``commit_failures`` (failed attempts), ``commit_seconds`` (their
+        sum), ``commit_seconds_buckets`` (upper bound -> commits that took at most that
+        long, cumulative, ending with ``+Inf``), ``items_committed`` (changes, summed
+        over the commits) and ``pending_items`` (taken for a commit, not stored yet)."""
+
+    def clients_info(self, prefix: str = "", state: str = "all", offset: int = 0,
+                     limit: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """How many clients have an id that starts with ``prefix``, and ``limit`` of them
+        (None: all) from ``offset`` on, sorted by id: connected ones (``state``
+        "connected"), the persistent sessions whose client is away ("offline"), or both
+        ("all"); each has a ``state``."""
 
     def client_info(self, client_id: str) -> dict[str, Any] | None:
-        """One connected client with its subscriptions and their options, or None."""
+        """One client, connected or an offline session, with its subscriptions and their
+        options, or None."""
 
     async def not_ready(self) -> str | None:
         """Why the broker is not ready to serve (None: it is)."""

@@ -89,7 +89,8 @@ class Broker:
         #: why the broker is not serving (None: it is), for /readyz
         self._not_ready: str | None = "starting"
         #: the broker's figures for observers (the http listener, $SYS)
-        self.observatory = Observatory(self.engine, self.hooks, lambda: self._not_ready, self)
+        self.observatory = Observatory(self.engine, self.hooks, lambda: self._not_ready, self,
+                                       lambda: self.storage)
         #: commits to the storage plugin's backend (None: state is kept in memory only)
         self.storage: StorageWriter | None = None
 

@@ -24,11 +24,13 @@ TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 #: certificate fields ``identity_field`` may name: the subject's attributes by their
 #: short names, the whole subject as an RFC 4514 string, or the SHA-256 fingerprint
 IDENTITY_FIELDS = ("CN", "O", "OU", "emailAddress", "serialNumber", "UID", "DN", "fingerprint")
+#: the TLS keys an http listener takes too (it serves HTTPS with certfile and keyfile)
+HTTP_TLS_KEYS = ("certfile", "keyfile", "cafile", "capath", "require_certificate",
+                 "ciphers", "min_version")
 #: keys that only some listener types take: key -> those types
 _TYPE_KEYS: dict[str, tuple[str, ...]] = {
-    **{key: TLS_TYPES for key in (
-        "certfile", "keyfile", "cafile", "capath", "require_certificate",
-        "use_identity_as_username", "identity_field", "ciphers", "min_version")},
+    **{key: (*TLS_TYPES, "http") for key in HTTP_TLS_KEYS},
+    **{key: TLS_TYPES for key in ("use_identity_as_username", "identity_field")},
     **{key: WS_TYPES for key in (
         "max_frame_size", "allowed_origins", "trust_forwarded")},
     "mode": ("unix",),
@@ -239,7 +241,7 @@ class ListenerSettings:
     )
     #: a PROXY protocol v1/v2 header is read first (tcp, tls, ws, wss)
     proxy_protocol: bool = False
-    # -- TLS (tls, wss)
+    # -- TLS (tls, wss; http with certfile and keyfile serves HTTPS)
     certfile: str = ""
     keyfile: str = ""
     cafile: str = ""
@@ -278,6 +280,9 @@ class ListenerSettings:
 
     @property
     def tls(self) -> bool:
+        """The listener terminates TLS (an http listener when it has a certificate)."""
+        if self.type == "http":
+            return bool(self.certfile or self.keyfile)
         return self.type in TLS_TYPES
 
     @property
@@ -423,11 +428,18 @@ def _check_listener(listener: ListenerSettings, raw: dict[str, Any], source: str
         elif not listener.path.startswith("/"):
             raise ConfigError(source, f"{where}.path",
                               f"{listener.path!r} is not a URL path (it starts with /)")
+    if kind == "http" and not listener.tls:
+        for key in HTTP_TLS_KEYS:
+            if key in raw:
+                raise ConfigError(source, f"{where}.{key}",
+                                  "an http listener takes the TLS keys only with certfile "
+                                  "and keyfile (it then serves HTTPS)")
     if listener.tls:
         for key in ("certfile", "keyfile"):
             if not getattr(listener, key):
+                kinds = "an https" if kind == "http" else f"a {kind}"
                 raise ConfigError(source, f"{where}.{key}",
-                                  f"a {kind} listener needs {key} (PEM file)")
+                                  f"{kinds} listener needs {key} (PEM file)")
         if listener.min_version not in TLS_VERSIONS:
             raise ConfigError(source, f"{where}.min_version",
                               f"{listener.min_version!r} is not allowed; allowed: "

@@ -1,13 +1,15 @@
 """The broker's figures as an observer reads them: /stats, /metrics, /api and $SYS.
 
-The rule: everything here is computed when asked, from the engine's state and the
-counters it keeps anyway; nothing is tracked per message for the observer's sake. The
-``Observatory`` implements ``midge.api.Observer``, the read-only port listeners get,
-so the http listener never holds the Broker or the Engine.
+The rule: everything here is computed when asked, from the engine's state, the
+counters it keeps anyway and the storage writer's per-commit figures; nothing is tracked
+per message for the observer's sake. The ``Observatory`` implements
+``midge.api.Observer``, the read-only port listeners get, so the http listener never
+holds the Broker, the Engine or the storage writer.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 import time
@@ -17,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._version import __version__
+from .api import CLIENT_STATES
+from .persistence import COMMIT_BUCKETS
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
     from .config import ListenerSettings
     from .engine import Connection, Engine
     from .hooks import Hooks
+    from .persistence import StorageWriter
+    from .session import Session
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 #: seconds a plugin's readiness check may take before it counts as "not ready"
@@ -43,8 +49,11 @@ class Observatory:
     """Read-only views of one broker, for observers (``midge.api.Observer``)."""
 
     def __init__(self, engine: Engine, hooks: Hooks, state: Callable[[], str | None],
-                 handle: BrokerHandle) -> None:
+                 handle: BrokerHandle,
+                 storage: Callable[[], StorageWriter | None]) -> None:
         self._engine = engine
+        #: the writer committing to the storage plugin's backend (None: none is active)
+        self._storage = storage
         #: what ``on_ready_check`` implementations are given
         self._handle = handle
         self._hooks = hooks
@@ -122,7 +131,32 @@ class Observatory:
             "queued_max": figures["queued_max"],
             "listeners": figures["listeners"],
         }
+        storage = self.storage_info()
+        if storage is not None:
+            info["storage"] = storage
         return info
+
+    def storage_info(self) -> dict[str, Any] | None:
+        writer = self._storage()
+        if writer is None:
+            return None
+        cumulative = 0
+        buckets: dict[str, int] = {}
+        for bound, count in zip((*map(str, COMMIT_BUCKETS), "+Inf"), writer.commit_buckets,
+                                strict=True):
+            cumulative += count
+            buckets[bound] = cumulative
+        return {
+            "backend": writer.storage.name,
+            "durability": writer.storage.durability,
+            "reachable": not writer.failing,
+            "commits": writer.commits,
+            "commit_failures": writer.failures,
+            "commit_seconds": writer.commit_seconds,
+            "commit_seconds_buckets": buckets,
+            "items_committed": writer.changes,
+            "pending_items": writer.pending_items,
+        }
 
     def listeners_info(self) -> list[dict[str, Any]]:
         now: dict[str, int] = {}
@@ -143,16 +177,40 @@ class Observatory:
 
     # -- clients ---------------------------------------------------------------------------
 
-    def clients_info(self, prefix: str = "") -> list[dict[str, Any]]:
-        clients = self._engine.clients
-        return [self._client(clients[cid]) for cid in sorted(clients) if cid.startswith(prefix)]
+    def clients_info(self, prefix: str = "", state: str = "all", offset: int = 0,
+                     limit: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+        if state not in CLIENT_STATES:
+            raise ValueError(f"state {state!r}: allowed: {', '.join(CLIENT_STATES)}")
+        engine = self._engine
+        clients = engine.clients
+        sessions = engine.sessions
+        if state == "connected":
+            ids = [cid for cid in clients if cid.startswith(prefix)]
+        elif state == "offline":
+            ids = [cid for cid in sessions if cid not in clients and cid.startswith(prefix)]
+        else:
+            # a connected client holds a session; any that does not is listed too
+            ids = [cid for cid in sessions if cid.startswith(prefix)]
+            ids += [cid for cid in clients if cid not in sessions and cid.startswith(prefix)]
+        # only the page is sorted out and described: with many offline sessions, the
+        # whole list would stall the event loop
+        end = len(ids) if limit is None else offset + limit
+        page = heapq.nsmallest(end, ids)[offset:]
+        return len(ids), [self._client(clients[cid]) if cid in clients
+                          else self._offline(sessions[cid]) for cid in page]
 
     def client_info(self, client_id: str) -> dict[str, Any] | None:
-        conn = self._engine.clients.get(client_id)
-        if conn is None:
-            return None
-        info = self._client(conn)
-        session = conn.session
+        engine = self._engine
+        conn = engine.clients.get(client_id)
+        session: Session | None
+        if conn is not None:
+            info = self._client(conn)
+            session = conn.session
+        else:
+            session = engine.sessions.get(client_id)
+            if session is None:
+                return None
+            info = self._offline(session)
         subs = []
         if session is not None:
             for topic_filter, (sub, subscription_id) in sorted(session.subscriptions.items()):
@@ -169,20 +227,48 @@ class Observatory:
 
     def _client(self, conn: Connection) -> dict[str, Any]:
         session = conn.session
-        engine = self._engine
-        since = time.time() - (engine.clock() - conn.opened)
         return {
             "id": conn.client_id,
+            "state": "connected",
             "username": conn.username,
             "listener": self._names.get(conn.listener.label, conn.listener.label),
             "address": conn.remote,
             "protocol_level": conn.protocol_level,
-            "connected_since": round(since, 3),
+            "connected_since": self._wall(conn.opened),
+            "offline_since": None,
+            "expires_at": None,
             "keepalive": conn.keepalive,
             "subscriptions": len(session.subscriptions) if session is not None else 0,
             "queue_depth": len(session.pending) if session is not None else 0,
             "inflight": len(session.inflight) if session is not None else 0,
         }
+
+    def _offline(self, session: Session) -> dict[str, Any]:
+        """A persistent session whose client is away: the same keys as a connected
+        client's, the connection's ones None."""
+        since = session.offline_since
+        expires = session.expires_at
+        return {
+            "id": session.client_id,
+            "state": "offline",
+            "username": session.username,
+            "listener": None,
+            "address": None,
+            "protocol_level": session.protocol_level,
+            "connected_since": None,
+            "offline_since": None if since is None else self._wall(since),
+            # None: the session never expires
+            "expires_at": None if expires is None else self._wall(expires),
+            "keepalive": None,
+            "subscriptions": len(session.subscriptions),
+            "queue_depth": len(session.pending),
+            # sent before the client went away, not acknowledged: sent again on resume
+            "inflight": len(session.inflight),
+        }
+
+    def _wall(self, engine_time: float) -> float:
+        """An engine-clock time as Unix time, to the millisecond."""
+        return round(time.time() - (self._engine.clock() - engine_time), 3)
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -190,6 +276,9 @@ class Observatory:
         reason = self._state()
         if reason is not None:
             return reason
+        writer = self._storage()
+        if writer is not None and writer.failing:
+            return f"storage {writer.storage.name}: commits are failing"
         caller = self._hooks.on_ready_check
         if caller is None:
             return None

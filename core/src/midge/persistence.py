@@ -10,6 +10,7 @@ per change of state, and nothing it holds is acknowledged meanwhile.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 
@@ -28,6 +29,9 @@ RETRY_MAX = 2.0
 #: thread round trip and a write per waiting client), for a latency that stays below
 #: a commit's own sync
 GATHER = 0.002
+#: upper bounds, in seconds, of the commit-time histogram's buckets (observers read it)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                  2.5, 5.0)
 
 
 class StorageWriter:
@@ -47,6 +51,10 @@ class StorageWriter:
         self.commits = 0
         self.changes = 0
         self.commit_seconds = 0.0
+        #: for observers: failed commit attempts, and the commits whose time fell in
+        #: each COMMIT_BUCKETS bucket (the last one: slower than them all)
+        self.failures = 0
+        self.commit_buckets = [0] * (len(COMMIT_BUCKETS) + 1)
 
     async def open(self) -> dict[str, int]:
         """Open the storage and restore the engine from it (StorageError names it and
@@ -105,6 +113,7 @@ class StorageWriter:
                     with anyio.CancelScope(shield=True):
                         await self.storage.commit(batch)
                 except Exception as exc:
+                    self.failures += 1
                     if not self._failing:
                         self._failing = True
                         log.error("storage %s: commit failed (%s: %s); retrying, and "
@@ -120,8 +129,22 @@ class StorageWriter:
                 log.warning("storage %s: commits succeed again", self.storage.name)
             self.commits += 1
             self.changes += len(batch)
-            self.commit_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.commit_seconds += elapsed
+            self.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS, elapsed)] += 1
             self.journal.committed_upto(batch.seq)
+
+    # -- read by observers (the http listener, at scrape time) ----------------------------
+
+    @property
+    def failing(self) -> bool:
+        """The last commit attempt failed: the storage is unreachable or refuses writes."""
+        return self._failing
+
+    @property
+    def pending_items(self) -> int:
+        """Changes taken for a commit and not stored yet (being written, or retried)."""
+        return len(self._retry) if self._retry is not None else 0
 
     async def flush(self) -> None:
         """Commit everything gathered so far (after a commit that is running)."""

@@ -1,11 +1,14 @@
 """The http listener: health, readiness, Prometheus metrics, JSON stats, clients, status page.
 
 The rule: HTTP/1.1 is parsed by h11 (sans-I/O, like the codec) and served from the broker's
-own event loop through anyio streams; no web framework. The listener reads the broker only
-through the read-only ``midge.api.Observer`` (``Acceptor.observer``) and computes every
-figure when it is asked, so MQTT traffic pays nothing for being observed. Every request is
-bounded: its headers in size, its arrival in time, the connections in number; bad input gets
-its status code (400, 401, 404, 405, 408, 413, 431) and never a traceback.
+own event loop through anyio streams; no web framework. With ``certfile`` and ``keyfile`` it
+serves HTTPS through the tls listener's own TLS layer and contexts (the same checks, the
+same reload on SIGHUP). The listener reads the broker only through the read-only
+``midge.api.Observer`` (``Acceptor.observer``) and computes every figure when it is asked,
+so MQTT traffic pays nothing for being observed. Every request is bounded: its headers in
+size, its arrival (and its TLS handshake) in time, the connections in number; bad input
+gets its status code (400, 401, 404, 405, 408, 413, 431) or a TLS alert, and never a
+traceback.
 """
 
 from __future__ import annotations
@@ -19,24 +22,33 @@ import importlib.resources
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 import anyio.to_thread
 import h11
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from .._version import __version__
-from ..api import Observer
+from ..api import CLIENT_STATES, Observer
 from ..config import HttpAuth, ListenerSettings, is_loopback
 from ._base import Acceptor, Listener, bind_error
+from ._layers import TransportError
+from .tls import Contexts, TlsLayer
 
 log = logging.getLogger("midge.http")
 
@@ -57,6 +69,8 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _RECEIVE = 65536
 _CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _SERVER = f"midge/{__version__}".encode()
+#: how a plain HTTP request starts (a TLS record starts with the byte 0x16)
+_PLAIN_HTTP = re.compile(rb"[A-Z]{3,10} ")
 #: the status page's headers: its own inline script and style only, data from this origin
 _PAGE_POLICY = (b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                 b"connect-src 'self'; img-src data:; base-uri 'none'; frame-ancestors 'none'")
@@ -70,19 +84,24 @@ async def bind(acceptor: Acceptor, spec: ListenerSettings) -> Listener:
     if spec.auth is None and not spec.public and not is_loopback(spec.host):
         raise ValueError(f"http listener on {spec.host}: without auth it binds only a loopback "
                          "address unless public = true")
+    # certificates first: a file that cannot be used stops startup, naming it
+    contexts = Contexts(spec) if spec.tls else None
     try:
         multi = await anyio.create_tcp_listener(local_host=spec.host, local_port=spec.port)
     except OSError as exc:
         raise bind_error(exc, spec.host, spec.port) from exc
-    return HttpListener(spec, multi, observer)
+    return HttpListener(spec, multi, observer, contexts)
 
 
 class HttpListener:
     """A bound HTTP listener serving the broker's observability endpoints."""
 
-    def __init__(self, spec: ListenerSettings, multi: Any, observer: Observer) -> None:
+    def __init__(self, spec: ListenerSettings, multi: Any, observer: Observer,
+                 contexts: Contexts | None) -> None:
         self._spec = spec
         self._multi = multi
+        #: the TLS contexts of an HTTPS listener (None: plain HTTP)
+        self._contexts = contexts
         #: one per accept loop (a scope can be entered once)
         self._scopes: list[anyio.CancelScope] = []
         self.app = App(observer, spec.auth)
@@ -97,8 +116,10 @@ class HttpListener:
             task_group.start_soon(self._accept_loop, sock, task_group)
 
     def reload(self) -> None:
-        """Nothing to reload: the http listener loads no files (its auth comes with the
+        """Reload the certificates of an HTTPS listener (its auth comes with the
         configuration)."""
+        if self._contexts is not None:
+            self._contexts.reload()
 
     async def aclose(self) -> None:
         for scope in self._scopes:
@@ -125,29 +146,129 @@ class HttpListener:
                     continue
                 task_group.start_soon(self._serve, stream)
 
-    async def _serve(self, stream: SocketStream) -> None:
+    async def _serve(self, raw: SocketStream) -> None:
         # open connections end with the broker's connection task group at shutdown
         self._open += 1
+        stream: Stream = raw
         try:
-            await HttpConnection(self.app, stream).run()
+            peer = raw.extra(SocketAttribute.remote_address)
+            name = f"{peer[0]}:{peer[1]}"
+        except Exception:
+            name = "?"
+        try:
+            if self._contexts is not None:
+                secured = TlsStream(raw, self._contexts.layer())
+                stream = secured
+                if not await secured.handshake(name):
+                    return
+            await HttpConnection(self.app, stream, name).run()
         finally:
             self._open -= 1
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
 
+class Stream(Protocol):
+    """What an HTTP connection reads and writes: a socket stream, or TLS over one."""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes: ...
+
+    async def send(self, item: bytes) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TlsStream:
+    """HTTPS: the tls listener's TLS layer (sans-I/O) over a socket stream."""
+
+    def __init__(self, raw: SocketStream, layer: TlsLayer) -> None:
+        self.raw = raw
+        self.layer = layer
+        #: application data that came with the end of the handshake
+        self._early = b""
+
+    async def handshake(self, peer: str) -> bool:
+        """Complete the TLS handshake (False: it failed or timed out, and is logged)."""
+        layer = self.layer
+        try:
+            with anyio.fail_after(REQUEST_TIMEOUT):
+                first = True
+                while not layer.established:
+                    data = await self.raw.receive(_RECEIVE)
+                    if first and _PLAIN_HTTP.match(data):
+                        log.info("http client %s sent plain HTTP to an HTTPS listener; "
+                                 "answered 400", peer)
+                        await self.raw.send(_plain_http_refusal())
+                        return False
+                    first = False
+                    try:
+                        self._early += layer.receive(data)
+                    finally:
+                        # the handshake's next flight, or the alert that refuses it
+                        await self._flush()
+        except TransportError as exc:
+            log.info("http client %s: %s", peer, exc)
+            return False
+        except TimeoutError:
+            log.info("http client %s did not complete a TLS handshake within %s s; closing",
+                     peer, REQUEST_TIMEOUT)
+            return False
+        except _CLOSED:
+            return False
+        return True
+
+    async def receive(self, max_bytes: int = _RECEIVE) -> bytes:
+        if self._early:
+            data, self._early = self._early, b""
+            return data
+        while True:
+            if self.layer.ended:
+                raise anyio.EndOfStream
+            data = await self.raw.receive(max_bytes)
+            try:
+                plain = self.layer.receive(data)
+            except TransportError as exc:
+                raise anyio.BrokenResourceError(str(exc)) from None
+            await self._flush()
+            if plain:
+                return plain
+
+    async def send(self, item: bytes) -> None:
+        self.layer.send(item)
+        await self._flush()
+
+    async def aclose(self) -> None:
+        try:
+            if self.layer.established:
+                self.layer.close()
+                await self._flush()  # close_notify
+        except _CLOSED:
+            pass
+        finally:
+            await self.raw.aclose()
+
+    async def _flush(self) -> None:
+        data = self.layer.take()
+        if data:
+            await self.raw.send(data)
+
+
+def _plain_http_refusal() -> bytes:
+    body = json.dumps({"error": "this is an HTTPS listener: use https://"}).encode()
+    headers = [*_headers(b"application/json", body), (b"connection", b"close")]
+    return (b"HTTP/1.1 400 Bad Request\r\n"
+            + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+            + b"\r\n" + body)
+
+
 class HttpConnection:
     """One HTTP/1.1 connection: requests in, responses out, until either side closes."""
 
-    def __init__(self, app: App, stream: SocketStream) -> None:
+    def __init__(self, app: App, stream: Stream, peer: str) -> None:
         self.app = app
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        try:
-            peer = stream.extra(SocketAttribute.remote_address)
-            self.peer = f"{peer[0]}:{peer[1]}"
-        except Exception:
-            self.peer = "?"
+        self.peer = peer
 
     async def run(self) -> None:
         while True:
@@ -391,11 +512,14 @@ class App:
 
     async def _clients(self, path: str, query: dict[str, list[str]],
                        request: h11.Request) -> Response:
-        unknown = set(query) - {"prefix", "limit", "offset"}
+        unknown = set(query) - {"prefix", "state", "limit", "offset"}
         if unknown:
             return _json(400, {"error": f"unknown parameter {sorted(unknown)[0]!r}; allowed: "
-                                        "prefix, limit, offset"})
+                                        "prefix, state, limit, offset"})
         prefix = query.get("prefix", [""])[-1]
+        state = query.get("state", ["all"])[-1]
+        if state not in CLIENT_STATES:
+            return _json(400, {"error": f"state must be one of {', '.join(CLIENT_STATES)}"})
         try:
             limit = int(query.get("limit", [str(PAGE_DEFAULT)])[-1])
             offset = int(query.get("offset", ["0"])[-1])
@@ -403,18 +527,16 @@ class App:
             return _json(400, {"error": "limit and offset must be integers"})
         if not 1 <= limit <= PAGE_MAX or offset < 0:
             return _json(400, {"error": f"limit must be in 1..{PAGE_MAX}, offset at least 0"})
-        clients = self.observer.clients_info(prefix)
-        return _json(200, {
-            "total": len(clients), "offset": offset, "limit": limit,
-            "clients": clients[offset:offset + limit],
-        })
+        total, clients = self.observer.clients_info(prefix, state, offset, limit)
+        return _json(200, {"total": total, "offset": offset, "limit": limit,
+                           "clients": clients})
 
     async def _client(self, path: str, query: dict[str, list[str]],
                   request: h11.Request) -> Response:
         client_id = unquote(path[len("/api/clients/"):])
         info = self.observer.client_info(client_id)
         if info is None:
-            return _json(404, {"error": f"client {client_id!r} is not connected"})
+            return _json(404, {"error": f"no client or session {client_id!r}"})
         return _json(200, info)
 
     async def _status_page(self, path: str, query: dict[str, list[str]],
@@ -569,4 +691,32 @@ class BrokerCollector:
         uptime = max(0.0, time.time() - stats.started)
         yield GaugeMetricFamily("midge_uptime_seconds", "seconds since the broker started",
                                 value=math.floor(uptime))
+        storage = observer.storage_info()
+        if storage is not None:
+            yield from storage_metrics(storage)
+
+
+def storage_metrics(storage: dict[str, Any]) -> Iterator[Metric]:
+    """The storage writer's figures (``Observer.storage_info``) as metrics."""
+    info = GaugeMetricFamily("midge_storage_info", "the active storage backend",
+                             labels=["backend", "durability"])
+    info.add_metric([storage["backend"], storage["durability"]], 1)
+    yield info
+    yield GaugeMetricFamily("midge_storage_up",
+                            "1 unless the last commit attempt failed", value=storage["reachable"])
+    yield CounterMetricFamily("midge_storage_commits", "batches committed to the storage",
+                              value=storage["commits"])
+    yield CounterMetricFamily("midge_storage_commit_failures",
+                              "commit attempts that failed (each retry counts)",
+                              value=storage["commit_failures"])
+    yield HistogramMetricFamily("midge_storage_commit_seconds",
+                                "time a successful commit took",
+                                buckets=list(storage["commit_seconds_buckets"].items()),
+                                sum_value=storage["commit_seconds"])
+    yield SummaryMetricFamily("midge_storage_batch_size", "changes per committed batch",
+                              count_value=storage["commits"],
+                              sum_value=storage["items_committed"])
+    yield GaugeMetricFamily("midge_storage_pending_items",
+                            "changes taken for a commit and not stored yet",
+                            value=storage["pending_items"])
 
