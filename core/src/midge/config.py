@@ -225,9 +225,13 @@ class HttpAuth:
     token: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ListenerSettings:
-    """One ``[[listeners]]`` entry (``parse`` checks which keys a type takes)."""
+    """One ``[[listeners]]`` entry (``parse`` checks which keys a type takes).
+
+    Compared and hashed by identity: the engine counts connections per listener with it
+    as the key, once per accept and close (a field-by-field hash of every key would be
+    paid each time), and two listeners are never the same one."""
 
     type: str = "tcp"
     host: str = "127.0.0.1"
@@ -269,14 +273,17 @@ class ListenerSettings:
     public: bool = False
     #: http: who may read it (None: anyone who can reach it)
     auth: HttpAuth | None = None
+    #: how logs, metrics and $SYS name it: ``name``, else its type and address
+    label: str = field(init=False, repr=False)
 
-    @property
-    def label(self) -> str:
+    def __post_init__(self) -> None:
         if self.name:
-            return self.name
-        if self.type == "unix":
-            return f"unix:{self.path}"
-        return f"{self.type}://{self.host}:{self.port}"
+            label = self.name
+        elif self.type == "unix":
+            label = f"unix:{self.path}"
+        else:
+            label = f"{self.type}://{self.host}:{self.port}"
+        object.__setattr__(self, "label", label)
 
     @property
     def tls(self) -> bool:
@@ -520,7 +527,7 @@ def _only(table: dict[str, Any], allowed: set[str], source: str, where: str) -> 
 def _table(cls: Any, raw: Any, source: str, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(source, where, "must be a table")
-    specs = {f.name: f for f in fields(cls)}
+    specs = {f.name: f for f in fields(cls) if f.init}
     _only(raw, set(specs), source, where)
     values: dict[str, Any] = {}
     for key, value in raw.items():

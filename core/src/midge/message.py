@@ -27,6 +27,9 @@ _HOP_PROPERTIES = (
     Property.TOPIC_ALIAS, Property.SUBSCRIPTION_IDENTIFIER, Property.WILL_DELAY_INTERVAL
 )
 
+#: read for every message (``Property.X`` is slow to look up on Python 3.11)
+_EXPIRY = int(Property.MESSAGE_EXPIRY_INTERVAL)
+
 
 class Message:
     """An application message: what was published, by whom, when."""
@@ -60,7 +63,7 @@ class Message:
         self.created = time.monotonic() if created is None else created
         #: monotonic deadline from the Message Expiry Interval (None: never expires;
         #: an interval of 0 is taken as none, as Mosquitto does)
-        interval = self.properties.get(Property.MESSAGE_EXPIRY_INTERVAL)
+        interval = self.properties.get(_EXPIRY)
         self.expires_at: float | None = self.created + interval if interval else None
         self._wire: dict[Any, Any] = {}
 
@@ -142,7 +145,8 @@ class Message:
         if not qos:
             frame = self._wire.get(key)
             if frame is None:
-                frame = self._wire[key] = self._frame0(key, level)
+                byte0, topic, tail = self._pieces(key, level)
+                frame = self._wire[key] = frame_publish(byte0, topic, 0, tail)
             return frame  # type: ignore[no-any-return]
         pieces = self._wire.get(key)
         if pieces is None:
@@ -155,7 +159,3 @@ class Message:
             props = dict(props)
             props[Property.MESSAGE_EXPIRY_INTERVAL] = key[3]
         return publish_pieces(self.topic, self.payload, key[1], key[2], False, props, level)
-
-    def _frame0(self, key: tuple[Any, ...], level: int) -> bytes:
-        byte0, topic, tail = self._pieces(key, level)
-        return frame_publish(byte0, topic, 0, tail)

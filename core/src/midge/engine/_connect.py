@@ -30,7 +30,7 @@ from ..errors import Refuse
 from ..logsafe import Throttle, safe
 from ._ask import Ask, ask
 from ._sessions import EXPIRY_NEVER
-from ._state import State
+from ._state import CONNECTED, CONNECTING
 
 if TYPE_CHECKING:
     from ..config import BrokerSettings
@@ -103,7 +103,7 @@ class ConnectFlow:
         cid = packet.client_id
         assigned = False
         limits = self._limits
-        conn.state = State.CONNECTING
+        conn.state = CONNECTING
         if len(cid.encode()) > limits.max_client_id_length:
             conn.client_id = cid
             return self._refuse(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
@@ -250,7 +250,7 @@ class ConnectFlow:
         session.protocol_level = level
         if conn.journal is not None:
             conn.journal.track(session, conn.will)
-        conn.state = State.CONNECTED
+        conn.state = CONNECTED
         registry.connected(conn)
         if v5:
             self._connack_properties(ack_props, conn, pending)

@@ -32,7 +32,7 @@ from ..codec import (
 from ..errors import DropPacket
 from ..logsafe import Throttle, quoted, safe
 from ._outbox import Driver, Outbox
-from ._state import ALLOWED, State
+from ._state import ALLOWED, AWAITING_CONNECT, CLOSED, CLOSING, CONNECTED, State
 
 if TYPE_CHECKING:
     from ..api import PeerCertificate
@@ -100,7 +100,7 @@ class Connection:
         self.remote_host = host
         self.remote_port = port
         self.remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.state = State.AWAITING_CONNECT
+        self.state = AWAITING_CONNECT
         self.outbox = Outbox(driver, hooks, self, stats)
         self.decoder = Decoder(Role.SERVER, max_packet_size=max_packet_size)
         #: (topic, write) -> ACL decision, kept until a reload
@@ -171,11 +171,12 @@ class Connection:
 
     @property
     def connected(self) -> bool:
-        return self.state is State.CONNECTED
+        return self.state is CONNECTED
 
     @property
     def closing(self) -> bool:
-        return self.state is State.CLOSING or self.state is State.CLOSED
+        state = self.state
+        return state is CLOSING or state is CLOSED
 
     @property
     def v5(self) -> bool:
@@ -226,7 +227,7 @@ class Connection:
             self.send(Disconnect(reason_code, props))
         if not self.close_reason:
             self.close_reason = why
-        self._end(State.CLOSING)
+        self._end(CLOSING)
         self.outbox.sealed = True
         self.outbox.flush_soon()
 
@@ -246,11 +247,11 @@ class Connection:
                     f"connection lost: {error}" if error else "connection closed by the client"
                 )
         self.outbox.sealed = True
-        self._end(State.CLOSED)
+        self._end(CLOSED)
         self._owner.released(self)
 
     def _end(self, state: State) -> None:
-        connected = self.state is State.CONNECTED
+        connected = self.state is CONNECTED
         self.state = state
         if self._ended:
             return
@@ -335,10 +336,10 @@ class Connection:
                     pending.packet = packet
                     return pending
                 state = self.state
-                if state is State.CONNECTED:
+                if state is CONNECTED:
                     if hooks.on_packet_processed is not None:
                         hooks.on_packet_processed(self, packet, None)
-                elif state is State.CLOSING or state is State.CLOSED:
+                elif state is CLOSING or state is CLOSED:
                     return None
                 if not budget and not self._owner.contended():
                     # nobody waits for what this connection sends: no reason to yield
@@ -355,7 +356,7 @@ class Connection:
         return None
 
     def _processed(self, packet: Packet) -> None:
-        if self.state is State.CONNECTED and self.hooks.on_packet_processed is not None:
+        if self.state is CONNECTED and self.hooks.on_packet_processed is not None:
             self.hooks.on_packet_processed(self, packet, None)
 
     def _internal_error(self) -> None:

@@ -39,6 +39,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("midge.broker")
 
+# read per message: on Python 3.11 an enum member's lookup (``ReasonCode.X``) goes through
+# ``EnumType.__getattr__``'s hook, about ten times a global's cost
+_SUCCESS = ReasonCode.SUCCESS
+_NO_MATCHING_SUBSCRIBERS = ReasonCode.NO_MATCHING_SUBSCRIBERS
+_UNSPECIFIED_ERROR = ReasonCode.UNSPECIFIED_ERROR
+_TOPIC_ALIAS = Property.TOPIC_ALIAS
+_PAYLOAD_FORMAT = Property.PAYLOAD_FORMAT_INDICATOR
+
 
 def problem_props(conn: Connection, reason: str) -> dict[int, Any]:
     """A Reason String for a packet other than CONNACK/DISCONNECT, when the client
@@ -73,11 +81,11 @@ class PublishFlow:
     def publish(self, conn: Connection, packet: Publish) -> Ask | None:
         session = conn.session
         assert session is not None
-        v5 = conn.v5
+        v5 = conn.outbox.level == PROTOCOL_5
         limits = self._limits
         stats = self._stats
         try:
-            if v5 and Property.TOPIC_ALIAS in packet.properties:
+            if v5 and _TOPIC_ALIAS in packet.properties:
                 self._resolve_alias(conn, packet)
             topic = packet.topic
             # a topic with a cached write decision already passed the topic limits and
@@ -124,7 +132,7 @@ class PublishFlow:
                     ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                     f"more than {limits.receive_maximum} QoS 2 messages unacknowledged",
                 )
-        if (v5 and packet.properties.get(Property.PAYLOAD_FORMAT_INDICATOR) == 1
+        if (v5 and packet.properties.get(_PAYLOAD_FORMAT) == 1
                 and not _is_utf8(packet.payload)):
             # declared UTF-8 but is not: refused, not routed (MQTT 5 3.3.2.3.2)
             if not packet.qos:
@@ -179,7 +187,7 @@ class PublishFlow:
         if self._hooks.on_published is not None:
             self._hooks.on_published(conn, packet)
         if packet.qos:
-            code = ReasonCode.SUCCESS if delivered else ReasonCode.NO_MATCHING_SUBSCRIBERS
+            code = _SUCCESS if delivered else _NO_MATCHING_SUBSCRIBERS
             self._acknowledge(conn, packet, code)
 
     def _resolve_alias(self, conn: Connection, packet: Publish) -> None:
@@ -204,14 +212,14 @@ class PublishFlow:
                      reason: str = "") -> None:
         props: dict[int, Any] = {}
         if conn.protocol_level != PROTOCOL_5:
-            code = ReasonCode.SUCCESS
+            code = _SUCCESS
         elif reason:
             props = problem_props(conn, reason)
         if packet.qos == 1:
             conn.durable()
             conn.send(PubAck(packet.packet_id, code, props))
         elif packet.qos == 2:
-            if code < ReasonCode.UNSPECIFIED_ERROR:
+            if code < _UNSPECIFIED_ERROR:
                 assert conn.session is not None
                 conn.session.receive_qos2(packet.packet_id)
             conn.durable()
@@ -231,7 +239,7 @@ class PublishFlow:
     def pubrec(self, conn: Connection, packet: PubRec) -> None:
         session = conn.session
         assert session is not None
-        if packet.reason_code >= ReasonCode.UNSPECIFIED_ERROR:
+        if packet.reason_code >= _UNSPECIFIED_ERROR:
             if session.drop(packet.packet_id) is not None and self._hooks.on_qos_dropped:
                 self._hooks.on_qos_dropped(
                     conn, packet.packet_id, f"PUBREC 0x{packet.reason_code:02X}"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..codec import PubRel, Subscription
 from ..logsafe import safe
 from ..message import Message
-from ..session import Enqueued, Outbound, Session
+from ..session import DROPPED, NO_PACKET_ID, SEND, Outbound, Session
 from ..topics import RetainedIndex, SharedGroup, SubscriptionTrie
 
 if TYPE_CHECKING:
@@ -349,12 +349,12 @@ class Router:
             session.pending.append(out)
             return None
         result = session.enqueue(out, bounded)
-        if result is not Enqueued.SEND and conn is not None:
+        if result is not SEND and conn is not None:
             self.waited += 1
-        if result is Enqueued.SEND:
+        if result is SEND:
             assert conn is not None
             self.write_publish(conn, out)
-        elif result is Enqueued.DROPPED:
+        elif result is DROPPED:
             throttle = self.throttle
             if (throttle is not None and throttle.backpressure and conn is not None
                     and throttle.full(conn, session, self._publisher)):
@@ -362,7 +362,7 @@ class Router:
                 session.pending.append(out)
             else:
                 self.dropped(conn, message, "session queue full")
-        elif (result is Enqueued.NO_PACKET_ID and conn is not None
+        elif (result is NO_PACKET_ID and conn is not None
               and self._hooks.on_packet_id_exhausted is not None):
             self._hooks.on_packet_id_exhausted(conn, message)
         return None

@@ -44,6 +44,14 @@ class State(Enum):
     __hash__ = object.__hash__
 
 
+#: the members as plain names for the per-packet code: on Python 3.11 ``State.X`` goes
+#: through ``EnumType.__getattr__``'s hook, about ten times the cost of a global
+AWAITING_CONNECT = State.AWAITING_CONNECT
+CONNECTING = State.CONNECTING
+CONNECTED = State.CONNECTED
+CLOSING = State.CLOSING
+CLOSED = State.CLOSED
+
 _CONNECTED_PACKETS: frozenset[type[Packet]] = frozenset({
     Publish, PubAck, PubRec, PubRel, PubComp, Subscribe, Unsubscribe, PingReq, Disconnect,
     Auth,

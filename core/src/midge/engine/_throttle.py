@@ -56,15 +56,18 @@ class Congestion:
 class Throttle:
     """Which connections are held, why, and until when."""
 
-    __slots__ = ("_backpressure", "_blocked", "_buckets", "_clock", "_congested", "_max",
-                 "_rate", "_stats", "_stuck_after")
+    __slots__ = ("_blocked", "_buckets", "_clock", "_congested", "_max",
+                 "_rate", "_stats", "_stuck_after", "backpressure", "rate_limited")
 
     def __init__(self, limits: BrokerSettings, stats: Stats,
                  clock: Callable[[], float]) -> None:
-        self._backpressure = limits.queue_full == "backpressure"
+        #: a full subscriber queue holds its publishers (``queue_full = "backpressure"``)
+        self.backpressure = limits.queue_full == "backpressure"
         self._max = limits.max_queued_messages
         self._stuck_after = float(limits.stuck_timeout)
         self._rate = float(limits.max_inbound_rate)
+        #: publishers are held to ``max_inbound_rate`` (read per PUBLISH: an attribute)
+        self.rate_limited = self._rate > 0
         self._stats = stats
         self._clock = clock
         #: subscriber connection -> its congestion
@@ -74,13 +77,6 @@ class Throttle:
         #: publisher connection -> [tokens, when they were counted]
         self._buckets: dict[Connection, list[float]] = {}
 
-    @property
-    def backpressure(self) -> bool:
-        return self._backpressure
-
-    @property
-    def rate_limited(self) -> bool:
-        return self._rate > 0
 
     # -- backpressure ----------------------------------------------------------------------
 

@@ -12,9 +12,7 @@ anyio backends get the same Connection driven by a reader task and a writer task
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from typing import Any
 
 import anyio
@@ -83,12 +81,10 @@ class AsyncioDriver(asyncio.Protocol):
         self.paused_frames = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement the interface without subclassing it
+        # uvloop's transports implement the interface without subclassing it; TCP_NODELAY
+        # is set by asyncio's and uvloop's TCP transports themselves (asking for the
+        # socket to set it again would cost a socket object and a syscall per connection)
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         host, port = peer(transport.get_extra_info("peername"))
         self.conn = self._acceptor.accept(self, self.spec, host, port)
         if self.conn is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Callable
 
 import anyio
@@ -50,11 +49,8 @@ class StackedAsyncioDriver(AsyncioDriver):
         self._reason = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # TCP_NODELAY: asyncio's and uvloop's TCP transports set it themselves
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family != socket.AF_UNIX:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         host, port = self._address = peer(transport.get_extra_info("peername"))
         if not self._acceptor.admits(self.spec, host, port):
             self._closed = True
