@@ -113,8 +113,8 @@ def one(broker_name: str, mode: str, qos: int, seconds: float, warmup: float | N
         rss_after = broker.rss_kib() if broker.alive else None
         stuck.close()
     finally:
-        sampler.stop()
         code = broker.stop()
+        sampler.stop()
     try:
         bench = json.loads(done.stdout)
     except json.JSONDecodeError:
