@@ -12,7 +12,9 @@ subscriber must receive every probe a long-lived publisher sends (routing re-che
 every ``--check-every`` connections), and the broker's RSS and fds are sampled. It passes
 (exit 0) when the broker is alive, every routing check passed, the fds are back where
 they were, RSS after the run is within ``--rss-limit`` MiB of the start, and the log has
-no traceback or ERROR line. A JSON summary is printed on stdout.
+no traceback or ERROR line. A JSON summary is printed on stdout, with what the broker
+logged (``log``: lines, WARNING lines, the "N similar messages suppressed" summaries and
+the N they stand for, and the path of the kept log file).
 """
 
 from __future__ import annotations
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         code = broker.stop()
     report["broker_exit"] = code
     report["log_problems"] = broker.log_problems()[:10]
+    report["log"] = broker.log_counts()
     failures = []
     if not report["broker_alive"]:
         failures.append("the broker died")

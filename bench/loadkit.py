@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -53,28 +54,44 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    """``python -m midge`` on a free loopback port, its log in a temporary file."""
+    """``python -m midge`` on a free loopback port, its log in a temporary file.
 
-    def __init__(self, extra: Sequence[str] = (), config: str | None = None) -> None:
+    ``storage``: keep the broker's state as a plain ``midge`` does (storage_sqlite, its
+    ``midge.db`` in a temporary directory) instead of in memory; ``cpu``: pin the broker
+    to that CPU (``taskset``), so a load generator pinned elsewhere does not steal it;
+    ``python_args``: before ``-m midge`` (``-m cProfile -o FILE`` profiles it).
+    """
+
+    name = "midge"
+
+    def __init__(self, extra: Sequence[str] = (), config: str | None = None, *,
+                 storage: bool = False, cpu: int | None = None,
+                 python_args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.log_path = Path(tempfile.mkstemp(prefix="midge-bench-", suffix=".log")[1])
-        args = [sys.executable, "-m", "midge", "--port", str(self.port), *extra]
+        args = [sys.executable, *python_args, "-m", "midge", "--port", str(self.port), *extra]
         # MIDGE_SRC: another checkout's core/src, to measure an older midge the same way
         src = os.environ.get("MIDGE_SRC", str(ROOT / "core" / "src"))
         if config is not None:
             path = Path(tempfile.mkstemp(prefix="midge-bench-", suffix=".toml")[1])
             path.write_text(config)
-            args[3:3] = ["-c", str(path)]
-        elif "--no-storage" in (Path(src) / "midge" / "cli.py").read_text():
+            args += ["-c", str(path)]
+        elif not storage and "--no-storage" in (Path(src) / "midge" / "cli.py").read_text():
             # the broker's own state in memory, as an older midge keeps it: these runs
             # measure the engine (storage has its own crash and space tests), and no
             # midge.db is left in the working directory
             args.append("--no-storage")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+        self._cwd: str | None = tempfile.mkdtemp(prefix="midge-bench-")  # for its midge.db
+        self._start(args, env, cpu)
+
+    def _start(self, args: list[str], env: dict[str, str] | None, cpu: int | None) -> None:
+        if cpu is not None:
+            args = ["taskset", "-c", str(cpu), *args]  # taskset execs: the pid is the broker's
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env)
+                                     env=env, cwd=self._cwd)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -106,12 +123,41 @@ class BrokerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        if self._cwd is not None:
+            shutil.rmtree(self._cwd, ignore_errors=True)
         return int(self.proc.returncode)
+
+    def log_counts(self) -> dict[str, Any]:
+        """How much the broker wrote: lines, WARNING lines, and the "N similar messages
+        suppressed" summaries among them with the total N they stand for."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        warnings = [line for line in lines if " WARNING " in line]
+        counts = [int(m.group(1)) for line in warnings
+                  if (m := re.search(r"(\d+) similar messages suppressed", line))]
+        return {"path": str(self.log_path), "lines": len(lines), "warnings": len(warnings),
+                "summaries": len(counts), "suppressed": sum(counts)}
 
     def log_problems(self) -> list[str]:
         """Log lines that must never appear: tracebacks and ERROR lines."""
         return [line for line in self.log_path.read_text(errors="replace").splitlines()
                 if "Traceback" in line or " ERROR " in line or line.startswith("ERROR")]
+
+
+class MosquittoProcess(BrokerProcess):
+    """Mosquitto (``mosquitto`` on PATH, or ``$MOSQUITTO``) on a free loopback port, for
+    reference figures; ``config``: more lines for its configuration file."""
+
+    name = "mosquitto"
+
+    def __init__(self, config: Sequence[str] = (), *, cpu: int | None = None) -> None:
+        self.port = free_port()
+        self.log_path = Path(tempfile.mkstemp(prefix="mosquitto-bench-", suffix=".log")[1])
+        conf = Path(tempfile.mkstemp(prefix="mosquitto-bench-", suffix=".conf")[1])
+        conf.write_text("\n".join([f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+                                   *config]) + "\n")
+        binary = os.environ.get("MOSQUITTO", "mosquitto")
+        self._cwd = None
+        self._start([binary, "-c", str(conf)], None, cpu)
 
 
 @dataclass

@@ -187,6 +187,12 @@ def test_rate_limit_counts_and_reports_after_the_window() -> None:
         assert handler.records[-1].levelno == logging.WARNING
         logger.info("later")
         assert handler.records[-1].getMessage() == "later"
+        # what -v and --trace ask for is shown whole: every client's INFO line passes
+        before = len(handler.records)
+        for index in range(50):
+            logger.info("client %s connected", f'"c{index}"')
+        assert [r.getMessage() for r in handler.records[before:]] == [
+            f'client "c{index}" connected' for index in range(50)]
         # a new window: the template passes again
         logger.warning("client %s: protocol error: %s", '"again"', "bad")
         assert handler.records[-1].getMessage() == 'client "again": protocol error: bad'

@@ -56,8 +56,10 @@ class _Seen:
 
 
 class RateLimit(logging.Filter):
-    """Let each message template through ``burst`` times per ``window`` seconds (up to
-    WARNING); count the rest and report them on the next line after the window.
+    """Let each WARNING template through ``burst`` times per ``window`` seconds; count
+    the rest and report them on the next line after the window. Other levels pass: what
+    ``-v`` and ``--trace`` ask for (every client's events, every packet) is shown whole,
+    and errors always are.
 
     Attach it to a handler (``handler.addFilter(RateLimit())``): it sees every record
     that reaches that handler, whichever logger made it. ``flush_suppressed`` writes the
@@ -82,7 +84,7 @@ class RateLimit(logging.Filter):
         return self
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR or getattr(record, "suppressed", None) is not None:
+        if record.levelno != logging.WARNING or getattr(record, "suppressed", None) is not None:
             return True
         now = self._clock()
         self.tick(now)

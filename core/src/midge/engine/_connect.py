@@ -27,7 +27,7 @@ from ..codec import (
     connack_code_v3,
 )
 from ..errors import Refuse
-from ..logsafe import Throttle, safe
+from ..logsafe import safe
 from ._ask import Ask, ask
 from ._sessions import EXPIRY_NEVER
 from ._state import CONNECTED, CONNECTING
@@ -78,8 +78,6 @@ class ConnectFlow:
         self._limits = limits
         self._access = access
         self._stats = stats
-        #: refusal warnings: a burst, then a count of the ones held back
-        self._refusals = Throttle(clock)
         self._hooks = hooks
         self._registry = registry
         self._router = router
@@ -134,8 +132,8 @@ class ConnectFlow:
                 # v3 cannot be told another keepalive, and no v3 return code says "your
                 # keepalive": the connection is closed without a CONNACK [MQTT-3.2.2-6]
                 why = f"keepalive {keepalive} s exceeds max_keepalive {max_keepalive}"
-                log.warning("client %s from %s refused: %s (closed without CONNACK)",
-                            conn.name, conn.remote, why)
+                conn.warn(log, "client %s from %s refused: %s (closed without CONNACK)",
+                          conn.name, conn.remote, why)
                 conn.close(None, f"refused: {why}")
                 return None
         will = packet.will
@@ -312,11 +310,7 @@ class ConnectFlow:
             code = f"CONNACK return code {v3_code}"
         self._stats.refused(reason.name.lower())
         # a stranger can cause this line at will: throttled, and every field escaped
-        if self._refusals.allow():
-            log.warning("%s refused: %s (%s)%s", who, safe(why, 256), code,
-                        self._refusals.take_suppressed(), extra=conn.log_fields)
-        else:
-            log.debug("%s refused: %s (%s)", who, safe(why, 256), code, extra=conn.log_fields)
+        conn.warn(log, "%s refused: %s (%s)", who, safe(why, 256), code)
         # a refusal ends the connection, also when it answers an AUTH of the exchange
         conn.close(None, conn.close_reason)
         return None
@@ -392,8 +386,8 @@ class ConnectFlow:
     def _reauth_answered(self, conn: Connection, packet: Auth, method: str, answer: Any,
                          error: BaseException | None) -> None:
         if isinstance(error, Refuse):
-            log.warning("client %s: re-authentication refused (0x%02X)", conn.name,
-                        int(error.reason_code), extra=conn.log_fields)
+            conn.warn(log, "client %s: re-authentication refused (0x%02X)", conn.name,
+                      int(error.reason_code))
             why = error.reason or "re-authentication failed"
             conn.close(error.reason_code, why, reason=why)
             return
@@ -402,8 +396,8 @@ class ConnectFlow:
         if not conn.connected:
             return
         if answer is packet or not isinstance(answer, Auth):
-            log.warning("client %s: no plugin answered re-authentication with %r",
-                        conn.name, method, extra=conn.log_fields)
+            conn.warn(log, "client %s: no plugin answered re-authentication with %r",
+                      conn.name, method)
             why = "authentication method not supported"
             conn.close(ReasonCode.BAD_AUTHENTICATION_METHOD, why, reason=why)
             return

@@ -30,7 +30,7 @@ from ..codec import (
     connack_code_v3,
 )
 from ..errors import DropPacket
-from ..logsafe import Throttle, quoted, safe
+from ..logsafe import Repeats, quoted, safe
 from ._outbox import Driver, Outbox
 from ._state import ALLOWED, AWAITING_CONNECT, CLOSED, CLOSING, CONNECTED, State
 
@@ -62,8 +62,8 @@ class Owner(Protocol):
         """The connection's transport is gone."""
 
     @property
-    def strangers_log(self) -> Throttle:
-        """The rate limit of log lines about connections that have not logged in."""
+    def warnings(self) -> Repeats:
+        """The per-template limit of the warnings clients cause (``warn``)."""
 
     def contended(self) -> bool:
         """Since the last call, did a delivery have to wait (a subscriber's inflight
@@ -165,6 +165,12 @@ class Connection:
         return {"client_id": self.client_id, "listener": self.listener.label,
                 "address": self.remote}
 
+    def warn(self, logger: logging.Logger, msg: str, *args: object) -> None:
+        """A WARNING about this client that a flood of clients could repeat: the first
+        few per template carry the client's name and fields, the rest are counted
+        (``logsafe.Repeats``)."""
+        self._owner.warnings.warning(logger, msg, *args, extra=self.log_fields, stacklevel=3)
+
     @property
     def protocol_level(self) -> int:
         return self.outbox.level
@@ -236,11 +242,8 @@ class Connection:
         if not self.closing:
             if self.decoder.buffered:
                 # a truncated packet is bad input like any other: one WARNING
-                log.warning(
-                    "client %s: connection closed in the middle of a packet "
-                    "(%d bytes of it received)", self.name, self.decoder.buffered,
-                    extra=self.log_fields,
-                )
+                self.warn(log, "client %s: connection closed in the middle of a packet "
+                          "(%d bytes of it received)", self.name, self.decoder.buffered)
                 self.close_reason = "connection closed in the middle of a packet"
             else:
                 self.close_reason = self.close_reason or (
@@ -369,13 +372,7 @@ class Connection:
 
     def protocol_error(self, exc: RemoteProtocolError) -> None:
         """Answer a protocol violation as the specification says, then close."""
-        throttle = None if self.state is State.CONNECTED else self._owner.strangers_log
-        if throttle is None or throttle.allow():
-            log.warning("client %s: protocol error: %s%s", self.name, safe(exc, 256),
-                        throttle.take_suppressed() if throttle is not None else "",
-                        extra=self.log_fields)
-        else:
-            log.debug("client %s: protocol error: %s", self.name, safe(exc, 256))
+        self.warn(log, "client %s: protocol error: %s", self.name, safe(exc, 256))
         self.close_reason = f"protocol error: {exc.message}"
         if self.state is not State.CONNECTED:
             if isinstance(exc, UnsupportedProtocolVersion):

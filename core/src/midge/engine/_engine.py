@@ -28,7 +28,7 @@ from ..codec import (
     Unsubscribe,
 )
 from ..config import ListenerSettings
-from ..logsafe import Throttle, safe
+from ..logsafe import Repeats, safe
 from ..stats import Stats
 from ._access import Access
 from ._connect import ConnectFlow
@@ -110,8 +110,8 @@ class Engine:
         self.restore_listener = ListenerSettings(name="restored")
         #: called when the last connection's transport is gone (the shell's shutdown)
         self.idle: Callable[[], None] | None = None
-        #: protocol errors of connections not logged in: a burst of warnings, then a count
-        self.strangers_log = Throttle(clock)
+        #: the warnings clients cause, a burst per template then a count
+        self.warnings = Repeats(clock)
         #: connections not yet sent CONNACK 0, per remote address (admission limits them)
         self.pending: dict[str, int] = {}
         self.registry.admitted = self._admitted
@@ -225,6 +225,7 @@ class Engine:
         """Close every connection (at shutdown: DISCONNECT 0x8B to v5 clients)."""
         for conn in list(self.connections):
             conn.close(reason_code, why)
+        self.warnings.flush()  # the counts of a window not yet over are said now
 
     def forget_acl_decisions(self) -> None:
         """A reload: ACL decisions are asked afresh."""
@@ -243,14 +244,15 @@ class Engine:
                 continue
             if not conn.connected:
                 if now - conn.opened > connect_timeout:
-                    log.warning("client %s sent no CONNECT within %d s; closing",
-                                conn.name, connect_timeout, extra=conn.log_fields)
+                    conn.warn(log, "client %s sent no CONNECT within %d s; closing",
+                              conn.name, connect_timeout)
                     conn.close(None, "CONNECT timeout")
             elif conn.keepalive and now - conn.last_seen > conn.keepalive * KEEPALIVE_GRACE:
                 clients_log.info("client %s: keepalive of %d s expired; closing",
                                  conn.name, conn.keepalive, extra=conn.log_fields)
                 conn.close(ReasonCode.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
         self.registry.tick(now)
+        self.warnings.tick()
 
     # -- messages from outside the clients -------------------------------------------------
 

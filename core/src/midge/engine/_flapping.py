@@ -76,10 +76,11 @@ class Flapping:
             if len(ends) > self._max and self._bans.get(key, 0.0) <= now:
                 self._bans[key] = now + self._ban
                 ends.clear()
-                log.warning(
-                    "%s %s dropped its connection %d times within %d s: refused for %d s "
-                    "(flapping)", "client" if key.startswith("id:") else "address",
-                    key[3:], self._max + 1, self._window, self._ban)
+                by_id = key.startswith("id:")
+                conn.warn(log, "%s %s dropped its connection %d times within %d s: "
+                          "refused for %d s (flapping)", "client" if by_id else "address",
+                          conn.name if by_id else conn.remote_host, self._max + 1,
+                          self._window, self._ban)
         self._records += 1
         if self._records % _SWEEP_EVERY == 0 or len(self._ends) > MAX_KEYS:
             self._sweep(now)

@@ -120,9 +120,8 @@ class PublishFlow:
                 # still awaiting PUBREL. It is not routed (no duplicates onward,
                 # [MQTT-4.3.3-10]) and the client is told 0x91; after a PUBREC of 0x80
                 # or above the id starts afresh [MQTT-4.3.3-9]
-                log.warning("client %s reused packet id %d before releasing it; "
-                            "answered 0x91", conn.name, packet.packet_id,
-                            extra=conn.log_fields)
+                conn.warn(log, "client %s reused packet id %d before releasing it; "
+                          "answered 0x91", conn.name, packet.packet_id)
                 session.release_qos2(packet.packet_id)
                 self._acknowledge(conn, packet, ReasonCode.PACKET_IDENTIFIER_IN_USE,
                                   "packet identifier in use")
@@ -138,28 +137,28 @@ class PublishFlow:
             if not packet.qos:
                 raise RemoteProtocolError(ReasonCode.PAYLOAD_FORMAT_INVALID,
                                           "payload declared UTF-8 is not valid UTF-8")
-            log.warning("client %s published a payload declared UTF-8 that is not; dropped",
-                        conn.name, extra=conn.log_fields)
+            conn.warn(log, "client %s published a payload declared UTF-8 that is not; "
+                      "dropped", conn.name)
             self._acknowledge(conn, packet, ReasonCode.PAYLOAD_FORMAT_INVALID,
                               "payload is not valid UTF-8")
             return None
         if writable is None:
             if topic.startswith("$"):
-                log.warning("client %s may not publish to %s; dropped", conn.name,
-                            safe(topic), extra=conn.log_fields)
+                conn.warn(log, "client %s may not publish to %s; dropped", conn.name,
+                          safe(topic))
                 self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
                 return None
             writable = self._access.allowed(conn, topic, True)
         if not writable:
-            log.warning("client %s is not authorized to publish to %s; dropped",
-                        conn.name, safe(topic), extra=conn.log_fields)
+            conn.warn(log, "client %s is not authorized to publish to %s; dropped",
+                      conn.name, safe(topic))
             self._acknowledge(conn, packet, ReasonCode.NOT_AUTHORIZED)
             return None
         if packet.retain and packet.payload:
             why = self._router.retain_refusal(topic, len(packet.payload))
             if why is not None:
-                log.warning("client %s: retained message to %s refused: %s", conn.name,
-                            safe(topic), why)
+                conn.warn(log, "client %s: retained message to %s refused: %s", conn.name,
+                          safe(topic), why)
                 self._acknowledge(conn, packet, ReasonCode.QUOTA_EXCEEDED, why)
                 return None
         hook = self._hooks.on_publish

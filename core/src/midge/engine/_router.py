@@ -42,6 +42,10 @@ _EXPECTED_DROPS = frozenset({"message expired", "not authorized"})
 DROP_REPORT_INTERVAL = 10.0
 
 
+def _client(conn: Connection | None) -> str:
+    return conn.name if conn is not None else "an offline client"
+
+
 class DropReport:
     """Dropped messages, visible at the default log level without flooding it.
 
@@ -55,22 +59,24 @@ class DropReport:
     def __init__(self) -> None:
         #: reason -> drops not yet reported
         self._counts: dict[str, int] = {}
-        #: clients the unreported drops were meant for (a few, for the log line)
-        self._clients: dict[str, None] = {}
+        #: clients the unreported drops were meant for (a few, for the log line; named
+        #: only when it is written, not at every drop)
+        self._clients: dict[Connection | None, None] = {}
         #: before this time a drop is only counted
         self._next = float("-inf")
         self._reported = 0
 
-    def add(self, now: float, client: str, topic: str, reason: str) -> None:
+    def add(self, now: float, conn: Connection | None, topic: str, reason: str) -> None:
         if now >= self._next and not self._counts:
             log.warning("message to %s for %s dropped: %s (further drops are summarised "
-                        "every %d s)", topic, client, reason, DROP_REPORT_INTERVAL)
+                        "every %d s)", safe(topic), _client(conn), reason,
+                        DROP_REPORT_INTERVAL)
             self._next = now + DROP_REPORT_INTERVAL
             return
         counts = self._counts
         counts[reason] = counts.get(reason, 0) + 1
         if len(self._clients) < 5:
-            self._clients[client] = None
+            self._clients[conn] = None
         if now >= self._next:
             self.flush(now)
 
@@ -83,7 +89,8 @@ class DropReport:
             "%d messages dropped in the last %d s (%s), for %s",
             total, DROP_REPORT_INTERVAL,
             ", ".join(f"{reason}: {n}" for reason, n in sorted(self._counts.items())),
-            ", ".join(self._clients) + (" and others" if len(self._clients) >= 5 else ""),
+            ", ".join(dict.fromkeys(map(_client, self._clients)))
+            + (" and others" if len(self._clients) >= 5 else ""),
         )
         self._counts = {}
         self._clients = {}
@@ -369,11 +376,12 @@ class Router:
 
     def dropped(self, conn: Connection | None, message: Message, reason: str) -> None:
         self._stats.dropped(reason)
-        client = conn.name if conn else "an offline client"
         if reason in _EXPECTED_DROPS:
-            log.debug("message to %s for %s dropped: %s", safe(message.topic), client, reason)
+            if log.isEnabledFor(logging.DEBUG):  # a drop per message: no names unless shown
+                log.debug("message to %s for %s dropped: %s", safe(message.topic),
+                          _client(conn), reason)
         else:
-            self.drops.add(self._clock(), client, safe(message.topic), reason)
+            self.drops.add(self._clock(), conn, message.topic, reason)
         if self._hooks.on_publish_dropped is not None:
             self._hooks.on_publish_dropped(conn, message, reason)
 

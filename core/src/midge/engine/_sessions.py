@@ -262,8 +262,8 @@ class Registry:
         conn.acl_cache.clear()
         why = self._access.will_refusal(conn, will.topic)
         if why is not None:
-            clients_log.warning("client %s: its will to %s is not published: %s",
-                                conn.name, safe(will.topic), why, extra=conn.log_fields)
+            conn.warn(clients_log, "client %s: its will to %s is not published: %s",
+                      conn.name, safe(will.topic), why)
             return
         clients_log.info("client %s: publishing its will to %s", conn.name, safe(will.topic),
                          extra=conn.log_fields)

@@ -73,16 +73,16 @@ class SubscribeFlow:
             try:
                 share = parse_share(topic_filter)
             except ValueError as exc:
-                log.warning("client %s: subscription refused: %s", conn.name, safe(exc, 256),
-                            extra=conn.log_fields)
+                conn.warn(log, "client %s: subscription refused: %s", conn.name,
+                          safe(exc, 256))
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else SUBACK_FAILURE)
                 continue
             if not v5 and (
                 (share is not None and not limits.shared_subscriptions)
                 or (not limits.wildcard_subscriptions and has_wildcard(topic_filter))
             ):
-                log.warning("client %s: subscription to %s refused: not available",
-                            conn.name, safe(topic_filter), extra=conn.log_fields)
+                conn.warn(log, "client %s: subscription to %s refused: not available",
+                          conn.name, safe(topic_filter))
                 codes.append(SUBACK_FAILURE)
                 continue
             if share is not None:
@@ -91,14 +91,14 @@ class SubscribeFlow:
                 # the ACL judges the filter the messages come from
                 acl_filter = share[1]
             if not self._access.allowed(conn, acl_filter, False):
-                log.warning("client %s is not authorized to subscribe to %s",
-                            conn.name, safe(topic_filter), extra=conn.log_fields)
+                conn.warn(log, "client %s is not authorized to subscribe to %s",
+                          conn.name, safe(topic_filter))
                 codes.append(refused)
                 continue
             if self._session_full(session, topic_filter):
-                log.warning("client %s: subscription to %s refused: "
-                            "max_subscriptions_per_client reached", conn.name,
-                            safe(topic_filter))
+                conn.warn(log, "client %s: subscription to %s refused: "
+                          "max_subscriptions_per_client reached", conn.name,
+                          safe(topic_filter))
                 codes.append(ReasonCode.QUOTA_EXCEEDED if v5 else SUBACK_FAILURE)
                 continue
             if sub.qos > limits.maximum_qos:  # granted at most the maximum QoS
@@ -133,9 +133,9 @@ class SubscribeFlow:
         over = len(packet.subscriptions) - limit
         if over <= 0:
             return packet, 0
-        log.warning("client %s: SUBSCRIBE with %d filters; the %d beyond "
-                    "max_filters_per_subscribe are refused", conn.name,
-                    len(packet.subscriptions), over)
+        conn.warn(log, "client %s: SUBSCRIBE with %d filters; the %d beyond "
+                  "max_filters_per_subscribe are refused", conn.name,
+                  len(packet.subscriptions), over)
         return dataclasses.replace(packet, subscriptions=packet.subscriptions[:limit]), over
 
     def _session_full(self, session: Session, topic_filter: str) -> bool:

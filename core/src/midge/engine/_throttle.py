@@ -91,9 +91,9 @@ class Throttle:
         elif not congestion.stuck and now - congestion.progress_at > self._stuck_after:
             congestion.stuck = True
             self._stats.subscribers_stuck += 1
-            log.warning("client %s acknowledged nothing for %d s with a full queue: stuck; "
-                        "its messages are dropped until it catches up",
-                        subscriber.client_id, self._stuck_after)
+            subscriber.warn(log, "client %s acknowledged nothing for %d s with a full "
+                            "queue: stuck; its messages are dropped until it catches up",
+                            subscriber.name, self._stuck_after)
             self._release(congestion, subscriber)
         if (congestion.stuck or publisher is None or publisher is subscriber
                 or len(session.pending) >= self._max * OVERFLOW):

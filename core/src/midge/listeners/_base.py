@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -23,7 +22,7 @@ from anyio.abc import TaskGroup
 from ..api import Observer, PeerCertificate
 from ..config import ListenerSettings
 from ..engine import Ask, Connection, Driver
-from ..logsafe import Throttle
+from ..logsafe import Repeats
 from ..stats import Stats
 
 log = logging.getLogger("midge.listeners")
@@ -43,6 +42,10 @@ class Opener(Protocol):
 
     @property
     def stats(self) -> Stats: ...
+
+    @property
+    def warnings(self) -> Repeats:
+        """The per-template limit of the warnings clients cause."""
 
     def open(self, driver: Driver, listener: ListenerSettings, host: str, port: int, *,
              certificate: PeerCertificate | None = None,
@@ -74,7 +77,7 @@ Bind = Callable[["Acceptor", ListenerSettings], Awaitable[Listener]]
 class Acceptor:
     """Admission and Connection construction, in one place for every transport."""
 
-    __slots__ = ("_max", "_max_pending", "_opener", "_refusals", "handshake_timeout",
+    __slots__ = ("_max", "_max_pending", "_opener", "handshake_timeout",
                  "observer")
 
     def __init__(self, opener: Opener, max_connections: int,
@@ -86,8 +89,6 @@ class Acceptor:
         #: seconds a transport has for its handshakes (PROXY header, TLS, WebSocket
         #: upgrade) before it has a Connection (the broker's ``connect_timeout``)
         self.handshake_timeout = handshake_timeout
-        #: refusal warnings: a flood of sockets must not become a flood of log lines
-        self._refusals = Throttle(time.monotonic)
         #: the broker's figures, for listeners that report them (None: not available)
         self.observer = observer
 
@@ -124,13 +125,14 @@ class Acceptor:
         """A transport failed before it had a Connection (a TLS handshake, a WebSocket
         upgrade, a PROXY header): counted, and logged once."""
         self._opener.stats.transport_errors += 1
-        log.warning("%s: connection from %s:%s closed: %s", listener.label, host, port, why)
+        self._opener.warnings.warning(
+            log, "%s: connection from %s:%s closed: %s", listener.label, host, port, why,
+            extra={"listener": listener.label, "address": f"{host}:{port}"})
 
     def _refused(self, host: str, port: int, listener: ListenerSettings, why: str) -> None:
-        if self._refusals.allow():
-            log.warning("refusing connection from %s:%s on %s: %s%s", host, port,
-                        listener.label, why, self._refusals.take_suppressed(),
-                        extra={"listener": listener.label, "address": f"{host}:{port}"})
+        self._opener.warnings.warning(
+            log, "refusing connection from %s:%s on %s: %s", host, port, listener.label, why,
+            extra={"listener": listener.label, "address": f"{host}:{port}"})
 
 
 def bind_error(exc: OSError, host: str, port: int) -> OSError:
