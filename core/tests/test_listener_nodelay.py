@@ -34,7 +34,7 @@ def _nodelay_of_accepted(backend: str, options: dict[str, Any]) -> list[int]:
             def flags() -> list[int]:
                 found = []
                 for conn in broker.engine.connections:
-                    driver: Any = conn.outbox._driver  # noqa: SLF001 - the transport under test
+                    driver: Any = conn.outbox._driver  # the transport under test
                     if hasattr(driver, "transport"):
                         raw = driver.transport.get_extra_info("socket")
                     else:
