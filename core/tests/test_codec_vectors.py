@@ -8,6 +8,7 @@ class carrying one exact reason code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,7 @@ from midge.codec import (
     UnsupportedProtocolVersion,
     Will,
     encode,
+    plain_ack,
 )
 
 
@@ -652,3 +654,11 @@ def test_feed_does_not_alias_the_callers_buffer(wrap: type[bytearray] | type[mem
     decoder.feed(wrap(bytearray(h("68 69"))))
     assert decoder.next_packet() == Publish("t", b"hi")
     assert first == bytearray(h("FF FF FF FF FF"))
+
+
+@pytest.mark.parametrize("kind", [PubAck, PubRec, PubRel, PubComp])
+@pytest.mark.parametrize("level", [3, 4, 5])
+@pytest.mark.parametrize("packet_id", [1, 513, 65535])
+def test_plain_ack_is_the_encoded_packet(kind: type[Any], level: int, packet_id: int) -> None:
+    # the broker's shortcut for reason-0 acknowledgements writes what encode() would
+    assert plain_ack(kind, packet_id) == encode(kind(packet_id), level)

@@ -7,7 +7,7 @@ back, and reports every violation as a ProtocolError carrying a reason code.
 from __future__ import annotations
 
 from ._decode import Decoder, Role
-from ._encode import encode, frame_publish, publish_header, publish_pieces
+from ._encode import encode, frame_publish, plain_ack, publish_header, publish_pieces
 from ._errors import (
     LocalProtocolError,
     MalformedPacket,
@@ -58,5 +58,6 @@ __all__ = [
     "PubRel", "Publish", "ReasonCode", "RemoteProtocolError", "Role", "SubAck",
     "Subscribe", "Subscription", "UnsubAck", "Unsubscribe", "UnsupportedProtocolVersion",
     "Will", "check_topic_filter", "check_topic_name", "connack_code_v3", "decode_properties",
-    "encode", "encode_properties", "frame_publish", "publish_header", "publish_pieces",
+    "encode", "encode_properties", "frame_publish", "plain_ack", "publish_header",
+    "publish_pieces",
 ]

@@ -130,6 +130,17 @@ def _ack(byte0: int, ptype: int) -> Callable[[Any, int], bytes]:
     return encode
 
 
+#: the first byte of each acknowledgement that ``plain_ack`` encodes
+_ACK_BYTE0 = {PubAck: 0x40, PubRec: 0x50, PubRel: 0x62, PubComp: 0x70}
+
+
+def plain_ack(kind: type[PubAck | PubRec | PubRel | PubComp], packet_id: int) -> bytes:
+    """A PUBACK, PUBREC, PUBREL or PUBCOMP with reason 0 and no properties: the same four
+    bytes at every protocol level (MQTT 5 leaves out a success code without properties),
+    encoded without building the packet, for a broker acknowledging every message."""
+    return bytes((_ACK_BYTE0[kind], 2)) + packet_id.to_bytes(2, "big")
+
+
 def _subscribe(p: Subscribe, level: int) -> bytes:
     parts = [p.packet_id.to_bytes(2, "big")]
     if level == PROTOCOL_5:

@@ -12,7 +12,18 @@ import dataclasses
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from ..codec import MAX_VARINT, PROTOCOL_311, Property, Publish, encode
+from ..codec import (
+    MAX_VARINT,
+    PROTOCOL_311,
+    Property,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    encode,
+    plain_ack,
+)
 
 if TYPE_CHECKING:
     from ..api import Client
@@ -162,6 +173,15 @@ class Outbox:
             self._sent[type(packet)] += 1
         if hooks.on_packet_sent is not None:
             hooks.on_packet_sent(self._owner, packet, data)
+
+    def ack(self, kind: type[PubAck | PubRec | PubRel | PubComp], packet_id: int) -> None:
+        """Queue an acknowledgement with reason 0 and no properties: the packet is built
+        only when plugins see packets (one is sent for nearly every QoS 1/2 message)."""
+        if self._hooks.packet_hooks:
+            self.send(kind(packet_id))
+            return
+        self.write(plain_ack(kind, packet_id))
+        self._sent[kind] += 1
 
     def _trimmed(self, packet: Packet, data: bytes) -> tuple[bytes, Packet]:
         """A packet over the client's maximum without its Reason String and User

@@ -210,19 +210,25 @@ class PublishFlow:
     def _acknowledge(self, conn: Connection, packet: Publish, code: int,
                      reason: str = "") -> None:
         props: dict[int, Any] = {}
-        if conn.protocol_level != PROTOCOL_5:
+        if conn.outbox.level != PROTOCOL_5:
             code = _SUCCESS
         elif reason:
             props = problem_props(conn, reason)
         if packet.qos == 1:
             conn.durable()
-            conn.send(PubAck(packet.packet_id, code, props))
+            if code or props:
+                conn.send(PubAck(packet.packet_id, code, props))
+            else:
+                conn.outbox.ack(PubAck, packet.packet_id)
         elif packet.qos == 2:
             if code < _UNSPECIFIED_ERROR:
                 assert conn.session is not None
                 conn.session.receive_qos2(packet.packet_id)
             conn.durable()
-            conn.send(PubRec(packet.packet_id, code, props))
+            if code or props:
+                conn.send(PubRec(packet.packet_id, code, props))
+            else:
+                conn.outbox.ack(PubRec, packet.packet_id)
 
     # -- acknowledgements from the client --------------------------------------------------
 
@@ -249,7 +255,7 @@ class PublishFlow:
             conn.send(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
             return
         conn.durable()
-        conn.send(PubRel(packet.packet_id))
+        conn.outbox.ack(PubRel, packet.packet_id)
 
     def pubrel(self, conn: Connection, packet: PubRel) -> None:
         session = conn.session
@@ -257,7 +263,7 @@ class PublishFlow:
         pid = packet.packet_id
         if session.release_qos2(pid):
             conn.durable()
-            conn.send(PubComp(pid))
+            conn.outbox.ack(PubComp, pid)
         elif conn.v5:
             conn.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
         else:
