@@ -7,6 +7,7 @@ from midge.engine._journal import Journal
 from midge.engine._outbox import Outbox
 from midge.hooks import Hooks
 from midge.message import Message
+from midge.records import decode_delivery
 from midge.session import Outbound, Session
 from midge.stats import Stats
 
@@ -64,8 +65,11 @@ def test_a_delivery_finished_in_its_own_batch_is_never_written() -> None:
     session.enqueue(kept)
     batch = journal.take()
     assert batch is not None
-    [record] = batch.deliveries.values()
-    assert record is not None and record.message.payload == b"y"
+    [(key, value)] = batch.deliveries.items()
+    assert isinstance(value, bytes)  # encoded when the batch was taken
+    assert batch.created == {key}
+    record = decode_delivery(*key, value)
+    assert record.message.payload == b"y"
     assert record.message.created == 1_000_000.0 - 1.0  # wall clock
     assert record.packet_id == kept.packet_id
     session.puback(kept.packet_id)

@@ -125,8 +125,18 @@ class LMDBStorage:
         # encoded here, on the event loop: the worker thread then runs (almost) only
         # LMDB's C code, which lets go of the GIL, so the loop is never kept waiting
         groups, items = batch.items()
-        puts = [(_key(g, f), v) for g, f, v in items if v is not None]
-        deletes = [_key(g, f) for g, f, v in items if v is None]
+        puts: list[tuple[bytes, bytes]] = []
+        deletes: list[bytes] = []
+        prefixes: dict[bytes, bytes] = {}
+        for group, name, value in items:
+            prefix = prefixes.get(group)
+            if prefix is None:
+                prefix = prefixes[group] = len(group).to_bytes(2, "big") + group
+            if value is None:
+                deletes.append(prefix + name)
+            else:
+                puts.append((prefix + name, value))
+        del items  # before the wait: nothing of it is needed there
         await anyio.to_thread.run_sync(self._commit, groups, puts, deletes)
 
     async def close(self) -> None:

@@ -3,13 +3,14 @@
 The rule: the state is a table of (group, field, value) rows in the layout
 ``midge.records`` defines, plus a log: each Batch is appended to the log as one row, in
 one transaction (one WAL sync with ``durability = "sync"``), so a commit costs one insert
-however many messages it holds. The plugin keeps the log's net effect in memory (a
-delivery written and finished within the log cancels out) and checkpoints it into the
-table once the log passes ``CHECKPOINT_BYTES``, and at close; a restart reads the table
-and replays the log. Deleted rows' pages are reused, so the file does not grow while a
-stream of messages passes through a persistent session. A file that cannot be opened,
-is not a database, or was written by a newer format stops startup with a StorageError
-naming the file.
+however many messages it holds. The plugin keeps the log's net effect in memory and
+checkpoints it into the table once the log passes ``CHECKPOINT_BYTES``, and at close; a
+restart reads the table and replays the log. A delivery created and finished between
+two checkpoints (the batch says which deliveries are new) cancels out of the net, so a
+checkpoint writes only what is still queued, not every message that passed through.
+Deleted rows' pages are reused, so the file does not grow while a stream of messages
+passes through a persistent session. A file that cannot be opened, is not a database,
+or was written by a newer format stops startup with a StorageError naming the file.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from midge.records import (
     Snapshot,
     StorageError,
     check_version,
+    child_group,
+    delivery_field,
     snapshot_from_items,
     storage_options,
 )
@@ -78,23 +81,37 @@ def _entries(data: bytes) -> Iterator[tuple[int, bytes, bytes, bytes]]:
         yield kind, group, name, value
 
 
+def _split(key: bytes) -> tuple[bytes, bytes]:
+    """A row's key (group + field) as its group and field: the groups of the layout are
+    prefix-free (one letter, or b"C" with the length of the client id that follows)."""
+    size = 3 + int.from_bytes(key[1:3], "big") if key[:1] == b"C" else 1
+    return key[:size], key[size:]
+
+
 class _Net:
-    """The net effect of the log on the table: groups cleared, then puts and deletes."""
+    """The net effect of the log on the table: groups cleared, then puts and deletes.
+
+    Rows are keyed by group + field, one bytes object: a tuple per row would be a
+    container the garbage collector counts and visits, for every queued message."""
 
     def __init__(self) -> None:
         self.cleared: set[bytes] = set()
-        self.rows: dict[tuple[bytes, bytes], bytes | None] = {}
+        self.rows: dict[bytes, bytes | None] = {}
+        #: rows put since the last checkpoint that the table does not hold (deliveries
+        #: the broker created meanwhile): deleted again, they leave the net
+        self.fresh: set[bytes] = set()
 
     def clear(self, group: bytes) -> None:
         self.cleared.add(group)
-        for key in [key for key in self.rows if key[0] == group]:
+        for key in [key for key in self.rows if key.startswith(group)]:
             del self.rows[key]
+            self.fresh.discard(key)
 
     def apply(self, kind: int, group: bytes, name: bytes, value: bytes) -> None:
         if kind == _CLEAR:
             self.clear(group)
         else:
-            self.rows[(group, name)] = value if kind == _PUT else None
+            self.rows[group + name] = value if kind == _PUT else None
 
     def __bool__(self) -> bool:
         return bool(self.cleared or self.rows)
@@ -173,9 +190,9 @@ class SQLiteStorage:
                 del table[key]
         for key, change in net.rows.items():
             if change is None:
-                table.pop(key, None)
+                table.pop(_split(key), None)
             else:
-                table[key] = change
+                table[_split(key)] = change
         return snapshot_from_items((g, f, v) for (g, f), v in table.items())
 
     async def commit(self, batch: Batch) -> None:
@@ -190,18 +207,38 @@ class SQLiteStorage:
             add(group)
             net.clear(group)
         rows = net.rows
+        fresh = net.fresh
+        if batch.created:
+            children: dict[str, bytes] = {}
+            for cid, order in batch.created:
+                group = children.get(cid)
+                if group is None:
+                    group = children[cid] = child_group(cid)
+                key = group + delivery_field(order)
+                # one the log already names (deleted there by the process before a
+                # restart, which used the same order) may still be in the table
+                if key not in rows:
+                    fresh.add(key)
         for group, name, value in items:
+            key = group + name
             if value is None:
                 add(pack(_DELETE, len(group), len(name), 0))
                 add(group)
                 add(name)
+                if key in fresh:
+                    fresh.discard(key)
+                    del rows[key]
+                else:
+                    rows[key] = None
             else:
                 add(pack(_PUT, len(group), len(name), len(value)))
                 add(group)
                 add(name)
                 add(value)
-            rows[(group, name)] = value
+                rows[key] = value
         data = b"".join(frames)
+        # what was made for this batch goes before the wait, not after it
+        del groups, items, frames, add
         try:
             # one statement outside a transaction is one transaction: one sync
             await db.execute("INSERT INTO log VALUES (?, ?)", (self._seq, data))
@@ -222,8 +259,8 @@ class SQLiteStorage:
         transaction."""
         db = self._conn()
         net = self._net
-        puts = [(g, f, v) for (g, f), v in net.rows.items() if v is not None]
-        deletes = [key for key, v in net.rows.items() if v is None]
+        puts = [(*_split(key), v) for key, v in net.rows.items() if v is not None]
+        deletes = [_split(key) for key, v in net.rows.items() if v is None]
         try:
             await db.execute("BEGIN")
             try:
