@@ -13,7 +13,7 @@ takes its batch, straight from the engine's objects.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -163,22 +163,23 @@ class Batch:
         return [(key, decode_delivery(*key, value) if isinstance(value, bytes) else value)
                 for key, value in self.deliveries.items()]
 
-    def items(self) -> tuple[list[bytes], list[tuple[bytes, bytes, bytes | None]]]:
+    def items(self) -> tuple[list[bytes], Iterator[tuple[bytes, bytes, bytes | None]]]:
         """This batch for a key-value store: the groups to delete whole (the cleared
-        sessions' children), then (group, field, value or None to delete) triples."""
-        groups = [child_group(cid) for cid in self.cleared]
-        out: list[tuple[bytes, bytes, bytes | None]] = []
-        children: dict[str, bytes] = {}
+        sessions' children), then (group, field, value or None to delete) triples, made
+        as they are read (once: a batch of thousands of changes needs no list of
+        thousands of tuples, which the garbage collector would count and visit)."""
+        return [child_group(cid) for cid in self.cleared], self._triples()
+
+    def _triples(self) -> Iterator[tuple[bytes, bytes, bytes | None]]:
         for cid in self.cleared:
             if cid not in self.sessions:
-                out.append((SESSIONS, cid.encode(), None))
+                yield SESSIONS, cid.encode(), None
         for cid, session in self.sessions.items():
-            out.append((SESSIONS, cid.encode(),
-                        None if session is None else encode_session(session)))
+            yield SESSIONS, cid.encode(), None if session is None else encode_session(session)
         for (cid, topic_filter), sub in self.subscriptions.items():
-            out.append((child_group(cid), b"u" + topic_filter.encode(),
-                        None if sub is None else encode_subscription(sub)))
-        add = out.append
+            yield (child_group(cid), b"u" + topic_filter.encode(),
+                   None if sub is None else encode_subscription(sub))
+        children: dict[str, bytes] = {}
         name = _ORDER.pack
         last: str | None = None
         group = b""
@@ -190,16 +191,14 @@ class Batch:
                 last = cid
             if isinstance(delivery, DeliveryRecord):
                 delivery = encode_delivery(delivery)
-            add((group, name(b"d", order), delivery))
+            yield group, name(b"d", order), delivery
         for (cid, pid), present in self.inbound.items():
-            out.append((child_group(cid), b"i" + pid.to_bytes(2, "big"),
-                        b"" if present else None))
+            yield child_group(cid), b"i" + pid.to_bytes(2, "big"), b"" if present else None
         for topic, message in self.retained.items():
-            out.append((RETAINED, topic.encode(),
-                        None if message is None else encode_message(message)))
+            yield (RETAINED, topic.encode(),
+                   None if message is None else encode_message(message))
         if self.counters is not None:
-            out.append((META, b"counters", encode_counters(self.counters)))
-        return groups, out
+            yield META, b"counters", encode_counters(self.counters)
 
 
 @dataclass(slots=True)
@@ -426,9 +425,14 @@ def _read_message(r: _Reader) -> MessageRecord:
 
 
 _U4 = struct.Struct(">I")
-_TIME = struct.Struct(">Bd")
-_NO_TIME = b"\x00"
-_DELIVERY = struct.Struct(">BBHH")
+#: the two times at the end of a message: created, then expires (or a 0 flag)
+_TIMES = struct.Struct(">BdBd")
+_TIME_NO_EXPIRY = struct.Struct(">BdB")
+#: a message's flags byte, alone or with the empty properties after it
+_FLAGS = [bytes((flags,)) for flags in range(8)]
+_FLAGS_NO_PROPERTIES = [bytes((flags, 0)) for flags in range(8)]
+#: a delivery's encoding starts with: version, flags, packet id, subscription id count
+DELIVERY_HEAD = struct.Struct(">BBHH")
 
 
 def message_fields(topic: str, payload: bytes, qos: int, retain: bool,
@@ -439,12 +443,14 @@ def message_fields(topic: str, payload: bytes, qos: int, retain: bool,
     raw_topic = topic.encode()
     raw_origin = origin.encode()
     pack = _U4.pack
+    flags = qos | (retain << 2)
     return b"".join((
         pack(len(raw_topic)), raw_topic, pack(len(payload)), payload,
-        bytes((qos | (retain << 2),)),
-        encode_properties(properties, _PUBLISH) if properties else b"\x00",
-        pack(len(raw_origin)), raw_origin, _TIME.pack(1, created),
-        _NO_TIME if expires is None else _TIME.pack(1, expires),
+        _FLAGS[flags] + encode_properties(properties, _PUBLISH) if properties
+        else _FLAGS_NO_PROPERTIES[flags],
+        pack(len(raw_origin)), raw_origin,
+        _TIME_NO_EXPIRY.pack(1, created, 0) if expires is None
+        else _TIMES.pack(1, created, 1, expires),
     ))
 
 
@@ -521,7 +527,7 @@ def decode_subscription(client_id: str, topic_filter: str, raw: bytes) -> Subscr
 def delivery_bytes(qos: int, retain: bool, released: bool, packet_id: int,
                    subscription_ids: tuple[int, ...], message: bytes) -> bytes:
     """A delivery's encoding from its fields and its message's ``message_fields``."""
-    head = _DELIVERY.pack(1, qos | (retain << 2) | (released << 3), packet_id,
+    head = DELIVERY_HEAD.pack(1, qos | (retain << 2) | (released << 3), packet_id,
                           len(subscription_ids))
     if subscription_ids:
         head += struct.pack(f">{len(subscription_ids)}I", *subscription_ids)
@@ -562,11 +568,11 @@ def decode_counters(raw: bytes) -> dict[str, int]:
 
 
 __all__ = [
-    "FORMAT_VERSION", "META", "RETAINED", "SESSIONS", "Batch", "DeliveryRecord", "Durability",
-    "MessageRecord", "SessionRecord", "Snapshot", "Storage", "StorageError",
-    "SubscriptionRecord", "WillRecord", "check_version", "child_group", "decode_counters",
-    "decode_delivery", "decode_message", "decode_session", "decode_subscription",
-    "delivery_bytes", "delivery_field", "encode_counters", "encode_delivery",
-    "encode_message", "encode_session", "encode_subscription", "message_fields",
-    "snapshot_from_items", "storage_options",
+    "DELIVERY_HEAD", "FORMAT_VERSION", "META", "RETAINED", "SESSIONS", "Batch",
+    "DeliveryRecord", "Durability", "MessageRecord", "SessionRecord", "Snapshot", "Storage",
+    "StorageError", "SubscriptionRecord", "WillRecord", "check_version", "child_group",
+    "decode_counters", "decode_delivery", "decode_message", "decode_session",
+    "decode_subscription", "delivery_bytes", "delivery_field", "encode_counters",
+    "encode_delivery", "encode_message", "encode_session", "encode_subscription",
+    "message_fields", "snapshot_from_items", "storage_options",
 ]

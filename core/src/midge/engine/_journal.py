@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..records import (
+    DELIVERY_HEAD,
     Batch,
     MessageRecord,
     SessionRecord,
@@ -118,6 +119,7 @@ class Journal:
                 # its packet id), within bounds
                 encoded.clear()
             offset = self._offset
+            head = DELIVERY_HEAD.pack  # delivery_bytes without subscription ids, inlined
             for out, session in live.items():
                 message = out.message
                 fields = encoded.get(message)
@@ -128,8 +130,12 @@ class Journal:
                         message.properties, message.origin, message.created + offset,
                         None if expires is None else expires + offset)
                 key = (session.client_id, out.order)
-                deliveries[key] = delivery_bytes(out.qos, out.retain, out.released,
-                                                 out.packet_id, out.subscription_ids, fields)
+                sids = out.subscription_ids
+                deliveries[key] = (
+                    head(1, out.qos | (out.retain << 2) | (out.released << 3),
+                         out.packet_id, 0) + fields if not sids
+                    else delivery_bytes(out.qos, out.retain, out.released, out.packet_id,
+                                        sids, fields))
                 if out in new:
                     created.add(key)
             live.clear()
@@ -243,14 +249,22 @@ class Journal:
 
     def delivery(self, session: Session, out: Outbound, new: bool = False) -> None:
         """A delivery was queued (``new``) or changed (packet id, QoS 2 phase)."""
-        self._touch(session)
+        # _touch inlined here and below: two or three of these per message
+        self.changes += 1
+        session.seq = self.batch.seq
+        if not self._dirty:
+            self._touch()
         self._live[out] = session
         if new:
             self._new.add(out)
 
     def delivery_done(self, session: Session, out: Outbound) -> None:
         """A delivery finished or was dropped."""
-        batch = self._touch(session)
+        batch = self.batch
+        self.changes += 1
+        session.seq = batch.seq
+        if not self._dirty:
+            self._touch()
         new = self._new
         if out in new:
             new.discard(out)  # never written: nothing to delete
