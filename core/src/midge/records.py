@@ -163,14 +163,17 @@ class Batch:
         return [(key, decode_delivery(*key, value) if isinstance(value, bytes) else value)
                 for key, value in self.deliveries.items()]
 
-    def items(self) -> tuple[list[bytes], Iterator[tuple[bytes, bytes, bytes | None]]]:
+    def items(self, deliveries: bool = True) -> tuple[
+            list[bytes], Iterator[tuple[bytes, bytes, bytes | None]]]:
         """This batch for a key-value store: the groups to delete whole (the cleared
         sessions' children), then (group, field, value or None to delete) triples, made
         as they are read (once: a batch of thousands of changes needs no list of
-        thousands of tuples, which the garbage collector would count and visit)."""
-        return [child_group(cid) for cid in self.cleared], self._triples()
+        thousands of tuples, which the garbage collector would count and visit).
+        ``deliveries=False`` leaves the deliveries out, for a backend that writes them
+        itself (``child_group`` and ``delivery_field`` make their keys)."""
+        return [child_group(cid) for cid in self.cleared], self._triples(deliveries)
 
-    def _triples(self) -> Iterator[tuple[bytes, bytes, bytes | None]]:
+    def _triples(self, deliveries: bool) -> Iterator[tuple[bytes, bytes, bytes | None]]:
         for cid in self.cleared:
             if cid not in self.sessions:
                 yield SESSIONS, cid.encode(), None
@@ -183,7 +186,7 @@ class Batch:
         name = _ORDER.pack
         last: str | None = None
         group = b""
-        for (cid, order), delivery in self.deliveries.items():
+        for (cid, order), delivery in self.deliveries.items() if deliveries else ():
             if cid != last:  # runs of one session's deliveries are the common case
                 known = children.get(cid)
                 group = known if known is not None else children.setdefault(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,14 @@ from midge.records import (
     FORMAT_VERSION,
     META,
     Batch,
+    DeliveryRecord,
     Durability,
     Snapshot,
     StorageError,
     check_version,
     child_group,
     delivery_field,
+    encode_delivery,
     snapshot_from_items,
     storage_options,
 )
@@ -56,6 +58,8 @@ CHECKPOINT_BYTES = 4 << 20
 WAL_LIMIT = 8 << 20
 
 _CLEAR, _PUT, _DELETE = 0, 1, 2
+#: a delivery's field: b"d" and its 8-byte order
+_FIELD_SIZE = len(delivery_field(0))
 
 
 _HEAD = struct.Struct(">BIII")
@@ -197,7 +201,7 @@ class SQLiteStorage:
 
     async def commit(self, batch: Batch) -> None:
         db = self._conn()
-        groups, items = batch.items()
+        groups, items = batch.items(deliveries=False)
         net = self._net
         pack = _HEAD.pack
         frames: list[bytes] = []
@@ -207,35 +211,19 @@ class SQLiteStorage:
             add(group)
             net.clear(group)
         rows = net.rows
-        fresh = net.fresh
-        if batch.created:
-            children: dict[str, bytes] = {}
-            for cid, order in batch.created:
-                group = children.get(cid)
-                if group is None:
-                    group = children[cid] = child_group(cid)
-                key = group + delivery_field(order)
-                # one the log already names (deleted there by the process before a
-                # restart, which used the same order) may still be in the table
-                if key not in rows:
-                    fresh.add(key)
+        if batch.deliveries:
+            self._deliveries(batch, add)
         for group, name, value in items:
-            key = group + name
             if value is None:
                 add(pack(_DELETE, len(group), len(name), 0))
                 add(group)
                 add(name)
-                if key in fresh:
-                    fresh.discard(key)
-                    del rows[key]
-                else:
-                    rows[key] = None
             else:
                 add(pack(_PUT, len(group), len(name), len(value)))
                 add(group)
                 add(name)
                 add(value)
-                rows[key] = value
+            rows[group + name] = value
         data = b"".join(frames)
         # what was made for this batch goes before the wait, not after it
         del groups, items, frames, add
@@ -253,6 +241,49 @@ class SQLiteStorage:
                 # the batch is in the log: it is committed; the checkpoint is retried
                 # after the next commit
                 log.warning("%s", exc)
+
+    def _deliveries(self, batch: Batch, add: Callable[[bytes], None]) -> None:
+        """Log the batch's deliveries (one per message, the bulk of a batch: a group's
+        key and delete entry are made once, a field is the fixed 9 bytes)."""
+        net = self._net
+        rows = net.rows
+        fresh = net.fresh
+        created = batch.created
+        pack = _HEAD.pack
+        groups: dict[str, tuple[bytes, int, bytes]] = {}
+        last: str | None = None
+        group = deleted = b""
+        size = 0
+        for pair, value in batch.deliveries.items():
+            cid, order = pair
+            if cid != last:
+                known = groups.get(cid)
+                if known is None:
+                    raw = child_group(cid)
+                    known = groups[cid] = (raw, len(raw),
+                                           pack(_DELETE, len(raw), _FIELD_SIZE, 0))
+                group, size, deleted = known
+                last = cid
+            key = group + delivery_field(order)
+            if value is None:
+                add(deleted)
+                add(key)
+                if key in fresh:
+                    fresh.discard(key)
+                    del rows[key]
+                else:
+                    rows[key] = None
+                continue
+            if isinstance(value, DeliveryRecord):
+                value = encode_delivery(value)
+            # a new one the log already names (deleted there by the process before a
+            # restart, which used the same order) may still be in the table
+            if pair in created and key not in rows:
+                fresh.add(key)
+            add(pack(_PUT, size, _FIELD_SIZE, len(value)))
+            add(key)
+            add(value)
+            rows[key] = value
 
     async def checkpoint(self) -> None:
         """Apply the log's net effect to the table and empty the log, in one
