@@ -96,10 +96,13 @@ class Journal:
         if session is not None:
             session.seq = batch.seq
         if not self._dirty:
-            self._dirty = True
-            if self.wake is not None:
-                self.wake()
+            self._first_change()
         return batch
+
+    def _first_change(self) -> None:
+        self._dirty = True
+        if self.wake is not None:
+            self.wake()
 
     def take(self) -> Batch | None:
         """The gathered batch, to commit now (None: nothing changed); the next one starts
@@ -253,7 +256,7 @@ class Journal:
         self.changes += 1
         session.seq = self.batch.seq
         if not self._dirty:
-            self._touch()
+            self._first_change()
         self._live[out] = session
         if new:
             self._new.add(out)
@@ -264,7 +267,7 @@ class Journal:
         self.changes += 1
         session.seq = batch.seq
         if not self._dirty:
-            self._touch()
+            self._first_change()
         new = self._new
         if out in new:
             new.discard(out)  # never written: nothing to delete
