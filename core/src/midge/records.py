@@ -531,7 +531,7 @@ def delivery_bytes(qos: int, retain: bool, released: bool, packet_id: int,
                    subscription_ids: tuple[int, ...], message: bytes) -> bytes:
     """A delivery's encoding from its fields and its message's ``message_fields``."""
     head = DELIVERY_HEAD.pack(1, qos | (retain << 2) | (released << 3), packet_id,
-                          len(subscription_ids))
+                              len(subscription_ids))
     if subscription_ids:
         head += struct.pack(f">{len(subscription_ids)}I", *subscription_ids)
     return head + message
