@@ -98,7 +98,7 @@ def test_storage_backend_is_opened_and_acks_wait_for_their_commit(
     assert pub.recv() == PubAck(5)
     stored = [b for b in storage.batches if b.deliveries]
     assert stored and any(d is not None and d.message.payload == b"kept"
-                          for b in stored for d in b.deliveries.values())
+                          for b in stored for _, d in b.delivery_records())
 
 
 def test_what_outlives_no_connection_costs_no_commit(

@@ -5,13 +5,15 @@ clock means nothing in the next process), and its serialisation is byte-exact (p
 as given, v5 properties in the wire encoding, so user properties keep their order and
 duplicates). No I/O here: a storage backend (``Storage``) stores what ``Batch`` says and
 gives it back as a ``Snapshot``; ``Batch.items`` and ``snapshot_from_items`` map both to
-plain (group, field, value) byte triples for key-value backends.
+plain (group, field, value) byte triples for key-value backends. Deliveries, the one
+record made per message, travel pre-encoded: the journal encodes each once, when it
+takes its batch, straight from the engine's objects.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -135,7 +137,14 @@ class Batch:
     cleared: set[str] = field(default_factory=set)
     sessions: dict[str, SessionRecord | None] = field(default_factory=dict)
     subscriptions: dict[tuple[str, str], SubscriptionRecord | None] = field(default_factory=dict)
-    deliveries: dict[tuple[str, int], DeliveryRecord | None] = field(default_factory=dict)
+    #: (client id, order) -> a record, or its encoding (what ``encode_delivery`` makes of
+    #: it: the journal hands its deliveries over encoded), or None to delete
+    deliveries: dict[tuple[str, int], DeliveryRecord | bytes | None] = field(
+        default_factory=dict)
+    #: of the deliveries stored, those no earlier batch stored: a backend that keeps a
+    #: log may forget one whose delete comes before the log reaches its table (a hint;
+    #: ignoring it is always correct)
+    created: set[tuple[str, int]] = field(default_factory=set)
     #: (client id, packet id) of inbound QoS 2 PUBLISHes awaiting PUBREL: True stored,
     #: False released
     inbound: dict[tuple[str, int], bool] = field(default_factory=dict)
@@ -148,36 +157,51 @@ class Batch:
                 + len(self.deliveries) + len(self.inbound) + len(self.retained)
                 + (self.counters is not None))
 
-    def items(self) -> tuple[list[bytes], list[tuple[bytes, bytes, bytes | None]]]:
+    def delivery_records(self) -> list[tuple[tuple[str, int], DeliveryRecord | None]]:
+        """The deliveries as records (the encoded ones decoded), for a backend that
+        keeps records rather than bytes."""
+        return [(key, decode_delivery(*key, value) if isinstance(value, bytes) else value)
+                for key, value in self.deliveries.items()]
+
+    def items(self, deliveries: bool = True) -> tuple[
+            list[bytes], Iterator[tuple[bytes, bytes, bytes | None]]]:
         """This batch for a key-value store: the groups to delete whole (the cleared
-        sessions' children), then (group, field, value or None to delete) triples."""
-        groups = [child_group(cid) for cid in self.cleared]
-        out: list[tuple[bytes, bytes, bytes | None]] = []
-        children: dict[str, bytes] = {}
+        sessions' children), then (group, field, value or None to delete) triples, made
+        as they are read (once: a batch of thousands of changes needs no list of
+        thousands of tuples, which the garbage collector would count and visit).
+        ``deliveries=False`` leaves the deliveries out, for a backend that writes them
+        itself (``child_group`` and ``delivery_field`` make their keys)."""
+        return [child_group(cid) for cid in self.cleared], self._triples(deliveries)
+
+    def _triples(self, deliveries: bool) -> Iterator[tuple[bytes, bytes, bytes | None]]:
         for cid in self.cleared:
             if cid not in self.sessions:
-                out.append((SESSIONS, cid.encode(), None))
+                yield SESSIONS, cid.encode(), None
         for cid, session in self.sessions.items():
-            out.append((SESSIONS, cid.encode(),
-                        None if session is None else encode_session(session)))
+            yield SESSIONS, cid.encode(), None if session is None else encode_session(session)
         for (cid, topic_filter), sub in self.subscriptions.items():
-            out.append((child_group(cid), b"u" + topic_filter.encode(),
-                        None if sub is None else encode_subscription(sub)))
-        for (cid, order), delivery in self.deliveries.items():
-            group = children.get(cid)
-            if group is None:
-                group = children[cid] = child_group(cid)
-            out.append((group, b"d" + order.to_bytes(8, "big"),
-                        None if delivery is None else encode_delivery(delivery)))
+            yield (child_group(cid), b"u" + topic_filter.encode(),
+                   None if sub is None else encode_subscription(sub))
+        children: dict[str, bytes] = {}
+        name = _ORDER.pack
+        last: str | None = None
+        group = b""
+        for (cid, order), delivery in self.deliveries.items() if deliveries else ():
+            if cid != last:  # runs of one session's deliveries are the common case
+                known = children.get(cid)
+                group = known if known is not None else children.setdefault(
+                    cid, child_group(cid))
+                last = cid
+            if isinstance(delivery, DeliveryRecord):
+                delivery = encode_delivery(delivery)
+            yield group, name(b"d", order), delivery
         for (cid, pid), present in self.inbound.items():
-            out.append((child_group(cid), b"i" + pid.to_bytes(2, "big"),
-                        b"" if present else None))
+            yield child_group(cid), b"i" + pid.to_bytes(2, "big"), b"" if present else None
         for topic, message in self.retained.items():
-            out.append((RETAINED, topic.encode(),
-                        None if message is None else encode_message(message)))
+            yield (RETAINED, topic.encode(),
+                   None if message is None else encode_message(message))
         if self.counters is not None:
-            out.append((META, b"counters", encode_counters(self.counters)))
-        return groups, out
+            yield META, b"counters", encode_counters(self.counters)
 
 
 @dataclass(slots=True)
@@ -246,9 +270,17 @@ META = b"M"
 
 def child_group(client_id: str) -> bytes:
     """The group of what a session owns: subscriptions (b"u" + filter), deliveries
-    (b"d" + 8-byte order), inbound QoS 2 ids (b"i" + 2-byte packet id)."""
+    (``delivery_field``), inbound QoS 2 ids (b"i" + 2-byte packet id)."""
     raw = client_id.encode()
     return b"C" + len(raw).to_bytes(2, "big") + raw
+
+
+_ORDER = struct.Struct(">cQ")
+
+
+def delivery_field(order: int) -> bytes:
+    """The field of a delivery in its session's group: b"d" + its 8-byte order."""
+    return _ORDER.pack(b"d", order)
 
 
 def snapshot_from_items(items: Iterable[tuple[bytes, bytes, bytes]]) -> Snapshot:
@@ -396,26 +428,41 @@ def _read_message(r: _Reader) -> MessageRecord:
 
 
 _U4 = struct.Struct(">I")
-_TIME = struct.Struct(">Bd")
-_NO_TIME = b"\x00"
-_DELIVERY = struct.Struct(">BBHH")
+#: the two times at the end of a message: created, then expires (or a 0 flag)
+_TIMES = struct.Struct(">BdBd")
+_TIME_NO_EXPIRY = struct.Struct(">BdB")
+#: a message's flags byte, alone or with the empty properties after it
+_FLAGS = [bytes((flags,)) for flags in range(8)]
+_FLAGS_NO_PROPERTIES = [bytes((flags, 0)) for flags in range(8)]
+#: a delivery's encoding starts with: version, flags, packet id, subscription id count
+DELIVERY_HEAD = struct.Struct(">BBHH")
+
+
+def message_fields(topic: str, payload: bytes, qos: int, retain: bool,
+                   properties: Properties, origin: str, created: float,
+                   expires: float | None) -> bytes:
+    """A message's fields as ``_message`` writes them, without the version byte: what a
+    delivery's encoding ends with (``delivery_bytes``), made once per message."""
+    raw_topic = topic.encode()
+    raw_origin = origin.encode()
+    pack = _U4.pack
+    flags = qos | (retain << 2)
+    return b"".join((
+        pack(len(raw_topic)), raw_topic, pack(len(payload)), payload,
+        _FLAGS[flags] + encode_properties(properties, _PUBLISH) if properties
+        else _FLAGS_NO_PROPERTIES[flags],
+        pack(len(raw_origin)), raw_origin,
+        _TIME_NO_EXPIRY.pack(1, created, 0) if expires is None
+        else _TIMES.pack(1, created, 1, expires),
+    ))
 
 
 def _message_bytes(m: MessageRecord) -> bytes:
-    """The fields of a message as ``_message`` writes them (the hot path, cached)."""
+    """``message_fields`` of a record (cached on it)."""
     encoded = m._encoded
     if encoded is None:
-        topic = m.topic.encode()
-        origin = m.origin.encode()
-        pack = _U4.pack
-        encoded = b"".join((
-            pack(len(topic)), topic, pack(len(m.payload)), m.payload,
-            bytes((m.qos | (m.retain << 2),)),
-            encode_properties(m.properties, _PUBLISH) if m.properties else b"\x00",
-            pack(len(origin)), origin, _TIME.pack(1, m.created),
-            _NO_TIME if m.expires is None else _TIME.pack(1, m.expires),
-        ))
-        m._encoded = encoded
+        encoded = m._encoded = message_fields(m.topic, m.payload, m.qos, m.retain,
+                                              m.properties, m.origin, m.created, m.expires)
     return encoded
 
 
@@ -480,13 +527,19 @@ def decode_subscription(client_id: str, topic_filter: str, raw: bytes) -> Subscr
     return SubscriptionRecord(client_id, sub, r.u())
 
 
+def delivery_bytes(qos: int, retain: bool, released: bool, packet_id: int,
+                   subscription_ids: tuple[int, ...], message: bytes) -> bytes:
+    """A delivery's encoding from its fields and its message's ``message_fields``."""
+    head = DELIVERY_HEAD.pack(1, qos | (retain << 2) | (released << 3), packet_id,
+                              len(subscription_ids))
+    if subscription_ids:
+        head += struct.pack(f">{len(subscription_ids)}I", *subscription_ids)
+    return head + message
+
+
 def encode_delivery(d: DeliveryRecord) -> bytes:
-    sids = d.subscription_ids
-    head = _DELIVERY.pack(1, d.qos | (d.retain << 2) | (d.released << 3), d.packet_id,
-                          len(sids))
-    if sids:
-        head += struct.pack(f">{len(sids)}I", *sids)
-    return head + _message_bytes(d.message)
+    return delivery_bytes(d.qos, d.retain, d.released, d.packet_id, d.subscription_ids,
+                          _message_bytes(d.message))
 
 
 def decode_delivery(client_id: str, order: int, raw: bytes) -> DeliveryRecord:
@@ -518,10 +571,11 @@ def decode_counters(raw: bytes) -> dict[str, int]:
 
 
 __all__ = [
-    "FORMAT_VERSION", "META", "RETAINED", "SESSIONS", "Batch", "DeliveryRecord", "Durability",
-    "MessageRecord", "SessionRecord", "Snapshot", "Storage", "StorageError",
-    "SubscriptionRecord", "WillRecord", "check_version", "child_group", "decode_counters",
-    "decode_delivery", "decode_message", "decode_session", "decode_subscription",
-    "encode_counters", "encode_delivery", "encode_message", "encode_session",
-    "encode_subscription", "snapshot_from_items", "storage_options",
+    "DELIVERY_HEAD", "FORMAT_VERSION", "META", "RETAINED", "SESSIONS", "Batch",
+    "DeliveryRecord", "Durability", "MessageRecord", "SessionRecord", "Snapshot", "Storage",
+    "StorageError", "SubscriptionRecord", "WillRecord", "check_version", "child_group",
+    "decode_counters", "decode_delivery", "decode_message", "decode_session",
+    "decode_subscription", "delivery_bytes", "delivery_field", "encode_counters",
+    "encode_delivery", "encode_message", "encode_session", "encode_subscription",
+    "message_fields", "snapshot_from_items", "storage_options",
 ]

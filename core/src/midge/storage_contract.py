@@ -27,6 +27,7 @@ from .records import (
     Storage,
     SubscriptionRecord,
     WillRecord,
+    encode_delivery,
     snapshot_from_items,
 )
 
@@ -248,6 +249,57 @@ class StorageContract:
 
         snap = run(main)
         assert [d.order for d in snap.deliveries] == [201 * 100 + n for n in range(50)]
+
+    def test_encoded_deliveries_round_trip_as_their_records(
+            self, storage_factory: StorageFactory) -> None:
+        # the journal hands deliveries over encoded, and says which are new
+        records = [d for d in sample_batch().deliveries.values()
+                   if isinstance(d, DeliveryRecord)]
+        batch = Batch(1, deliveries={(d.client_id, d.order): encode_delivery(d)
+                                     for d in records},
+                      created={(d.client_id, d.order) for d in records})
+        snap = run(lambda: self._commit_and_reload(storage_factory, batch))
+        assert snap.deliveries == records
+        assert [record for _, record in batch.delivery_records()] == records
+
+    def test_new_deliveries_deleted_in_later_batches_leave_nothing(
+            self, storage_factory: StorageFactory) -> None:
+        # a stream through a persistent session: each delivery is new in one batch and
+        # deleted in a later one, across restarts (a restart continues the orders)
+        async def stream(first: int, count: int, seq: int) -> Snapshot:
+            storage = storage_factory()
+            await storage.open()
+            try:
+                for order in range(first, first + count):
+                    key = ("q", order)
+                    await storage.commit(Batch(seq, deliveries={
+                        key: encode_delivery(DeliveryRecord("q", order, sample_message(order),
+                                                            1, False)),
+                        ("q", order - 1): None}, created={key}))
+                    seq += 1
+                return await storage.load()
+            finally:
+                await storage.close()
+
+        async def main() -> list[list[int]]:
+            seen = [[d.order for d in (await stream(1, 300, 1)).deliveries]]
+            seen.append([d.order for d in (await stream(301, 300, 400)).deliveries])
+            final = storage_factory()
+            await final.open()
+            try:
+                await final.commit(Batch(800, deliveries={("q", 600): None}))
+                seen.append([d.order for d in (await final.load()).deliveries])
+            finally:
+                await final.close()
+            again = storage_factory()
+            await again.open()
+            try:
+                seen.append([d.order for d in (await again.load()).deliveries])
+            finally:
+                await again.close()
+            return seen
+
+        assert run(main) == [[300], [600], [], []]
 
     # -- through the broker: restore, expiry across a restart, wills ---------------------
 

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..records import (
+    DELIVERY_HEAD,
     Batch,
-    DeliveryRecord,
     MessageRecord,
     SessionRecord,
     SubscriptionRecord,
     WillRecord,
+    delivery_bytes,
+    message_fields,
 )
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ class Journal:
     """The batch gathering now, the last committed sequence, and the held outboxes."""
 
     __slots__ = (
-        "_clock", "_dirty", "_live", "_new", "_offset", "_records", "batch", "changes",
+        "_clock", "_dirty", "_encoded", "_live", "_new", "_offset", "batch", "changes",
         "committed", "enabled", "hold_acks", "holding", "order", "wake",
     )
 
@@ -58,15 +60,16 @@ class Journal:
         self.holding: set[Outbox] = set()
         #: called when the batch gets its first change (the shell's writer wakes up)
         self.wake: Callable[[], None] | None = None
-        #: message -> its record, so a message queued to many sessions is built once
-        self._records: dict[int, tuple[Message, MessageRecord]] = {}
-        #: deliveries changed in this batch, as the live objects: their records are made
-        #: when the batch is taken, so a delivery that changes several times in one
-        #: batch is encoded once, in its last state
-        self._live: dict[tuple[str, int], tuple[Session, Outbound]] = {}
+        #: message -> its stored fields (``message_fields``), so that a message queued
+        #: to many sessions, or stored again with a packet id, is encoded once
+        self._encoded: dict[Message, bytes] = {}
+        #: deliveries changed in this batch, as the live objects (delivery -> its
+        #: session): they are encoded when the batch is taken, so a delivery that
+        #: changes several times in one batch is encoded once, in its last state
+        self._live: dict[Outbound, Session] = {}
         #: of those, the ones first recorded in this batch: finished before the batch is
         #: taken, they are never written at all
-        self._new: set[tuple[str, int]] = set()
+        self._new: set[Outbound] = set()
         #: something changed since the last ``take``
         self._dirty = False
 
@@ -93,10 +96,13 @@ class Journal:
         if session is not None:
             session.seq = batch.seq
         if not self._dirty:
-            self._dirty = True
-            if self.wake is not None:
-                self.wake()
+            self._first_change()
         return batch
+
+    def _first_change(self) -> None:
+        self._dirty = True
+        if self.wake is not None:
+            self.wake()
 
     def take(self) -> Batch | None:
         """The gathered batch, to commit now (None: nothing changed); the next one starts
@@ -105,17 +111,38 @@ class Journal:
         if not self._dirty:
             return None
         batch = self.batch
-        deliveries = batch.deliveries
-        for key, (session, out) in self._live.items():
-            deliveries[key] = DeliveryRecord(
-                session.client_id, out.order, self.message(out.message), out.qos, out.retain,
-                out.subscription_ids, out.packet_id, out.released)
-        self._live.clear()
-        self._new.clear()
-        if len(self._records) > 4096:
-            # kept across batches (a queued delivery is stored again once it gets its
-            # packet id), within bounds
-            self._records.clear()
+        live = self._live
+        if live:
+            deliveries = batch.deliveries
+            created = batch.created
+            new = self._new
+            encoded = self._encoded
+            if len(encoded) > 4096:
+                # kept across batches (a queued delivery is stored again once it gets
+                # its packet id), within bounds
+                encoded.clear()
+            offset = self._offset
+            head = DELIVERY_HEAD.pack  # delivery_bytes without subscription ids, inlined
+            for out, session in live.items():
+                message = out.message
+                fields = encoded.get(message)
+                if fields is None:
+                    expires = message.expires_at
+                    fields = encoded[message] = message_fields(
+                        message.topic, message.payload, message.qos, message.retain,
+                        message.properties, message.origin, message.created + offset,
+                        None if expires is None else expires + offset)
+                key = (session.client_id, out.order)
+                sids = out.subscription_ids
+                deliveries[key] = (
+                    head(1, out.qos | (out.retain << 2) | (out.released << 3),
+                         out.packet_id, 0) + fields if not sids
+                    else delivery_bytes(out.qos, out.retain, out.released, out.packet_id,
+                                        sids, fields))
+                if out in new:
+                    created.add(key)
+            live.clear()
+            new.clear()
         self._dirty = False
         self.batch = Batch(batch.seq + 1)
         return batch
@@ -198,9 +225,9 @@ class Journal:
             del batch.deliveries[pair]
         for pair in [pair for pair in batch.inbound if pair[0] == cid]:
             del batch.inbound[pair]
-        for pair in [pair for pair in self._live if pair[0] == cid]:
-            del self._live[pair]
-            self._new.discard(pair)
+        for out in [out for out, owner in self._live.items() if owner is session]:
+            del self._live[out]
+            self._new.discard(out)
 
     def subscribed(self, session: Session, sub: Subscription, identifier: int) -> None:
         if session.journal is not None:
@@ -215,35 +242,39 @@ class Journal:
     # -- deliveries (called by the Session that carries the journal) -----------------------
 
     def message(self, message: Message) -> MessageRecord:
-        cached = self._records.get(id(message))
-        if cached is not None and cached[0] is message:
-            return cached[1]
+        """The record of a message (a retained one: deliveries are encoded by ``take``)."""
         expires = message.expires_at
-        record = MessageRecord(
+        return MessageRecord(
             message.topic, message.payload, message.qos, message.retain,
             message.properties, message.origin, self.wall(message.created),
             None if expires is None else self.wall(expires),
         )
-        self._records[id(message)] = (message, record)
-        return record
 
     def delivery(self, session: Session, out: Outbound, new: bool = False) -> None:
         """A delivery was queued (``new``) or changed (packet id, QoS 2 phase)."""
-        key = (session.client_id, out.order)
-        self._touch(session)
-        self._live[key] = (session, out)
+        # _touch inlined here and below: two or three of these per message
+        self.changes += 1
+        session.seq = self.batch.seq
+        if not self._dirty:
+            self._first_change()
+        self._live[out] = session
         if new:
-            self._new.add(key)
+            self._new.add(out)
 
     def delivery_done(self, session: Session, out: Outbound) -> None:
         """A delivery finished or was dropped."""
-        key = (session.client_id, out.order)
-        batch = self._touch(session)
-        self._live.pop(key, None)
-        if key in self._new:
-            self._new.discard(key)  # never written: nothing to delete
+        batch = self.batch
+        self.changes += 1
+        session.seq = batch.seq
+        if not self._dirty:
+            self._first_change()
+        new = self._new
+        if out in new:
+            new.discard(out)  # never written: nothing to delete
+            del self._live[out]
         else:
-            batch.deliveries[key] = None
+            self._live.pop(out, None)
+            batch.deliveries[(session.client_id, out.order)] = None
 
     def inbound(self, session: Session, packet_id: int, present: bool) -> None:
         self._touch(session).inbound[(session.client_id, packet_id)] = present

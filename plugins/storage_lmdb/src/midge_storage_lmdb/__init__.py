@@ -26,6 +26,9 @@ from midge.records import (
     Snapshot,
     StorageError,
     check_version,
+    child_group,
+    delivery_field,
+    encode_delivery,
     snapshot_from_items,
     storage_options,
 )
@@ -100,7 +103,7 @@ class LMDBStorage:
     async def load(self) -> Snapshot:
         return await anyio.to_thread.run_sync(self._load)
 
-    def _commit(self, groups: list[bytes], puts: list[tuple[bytes, bytes]],
+    def _commit(self, groups: list[bytes], keys: list[bytes], values: list[bytes],
                 deletes: list[bytes]) -> None:
         try:
             with self._env.begin(write=True) as txn:
@@ -114,8 +117,8 @@ class LMDBStorage:
                                     break
                 for key in deletes:
                     txn.delete(key)
-                if puts:
-                    txn.cursor().putmulti(puts)
+                if keys:
+                    txn.cursor().putmulti(zip(keys, values, strict=True))
         except lmdb.Error as exc:
             raise StorageError(f"{self.name}: cannot write: {exc}") from None
 
@@ -123,11 +126,41 @@ class LMDBStorage:
         if self._env is None:
             raise StorageError(f"{self.name}: not open")
         # encoded here, on the event loop: the worker thread then runs (almost) only
-        # LMDB's C code, which lets go of the GIL, so the loop is never kept waiting
-        groups, items = batch.items()
-        puts = [(_key(g, f), v) for g, f, v in items if v is not None]
-        deletes = [_key(g, f) for g, f, v in items if v is None]
-        await anyio.to_thread.run_sync(self._commit, groups, puts, deletes)
+        # LMDB's C code, which lets go of the GIL, so the loop is never kept waiting;
+        # keys and values in two lists, not a list of pairs: thousands of tuples alive
+        # through the commit would each be counted by the garbage collector
+        groups, items = batch.items(deliveries=False)
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        deletes: list[bytes] = []
+        prefixes: dict[bytes, bytes] = {}
+        for group, name, value in items:
+            prefix = prefixes.get(group)
+            if prefix is None:
+                prefix = prefixes[group] = len(group).to_bytes(2, "big") + group
+            if value is None:
+                deletes.append(prefix + name)
+            else:
+                keys.append(prefix + name)
+                values.append(value)
+        del items
+        # the deliveries, one per message, the bulk of a batch: a session's key prefix
+        # is made once
+        last: str | None = None
+        prefix = b""
+        for (cid, order), delivery in batch.deliveries.items():
+            if cid != last:
+                group = child_group(cid)
+                prefix = prefixes.get(group) or prefixes.setdefault(
+                    group, len(group).to_bytes(2, "big") + group)
+                last = cid
+            if delivery is None:
+                deletes.append(prefix + delivery_field(order))
+            else:
+                keys.append(prefix + delivery_field(order))
+                values.append(delivery if isinstance(delivery, bytes)
+                              else encode_delivery(delivery))
+        await anyio.to_thread.run_sync(self._commit, groups, keys, values, deletes)
 
     async def close(self) -> None:
         env, self._env = self._env, None

@@ -29,6 +29,9 @@ from midge.records import (
     Snapshot,
     StorageError,
     check_version,
+    child_group,
+    delivery_field,
+    encode_delivery,
     snapshot_from_items,
     storage_options,
 )
@@ -109,7 +112,7 @@ class RedisStorage:
         client = self._client
         if client is None:
             raise StorageError(f"{self.name}: not open")
-        groups, items = batch.items()
+        groups, items = batch.items(deliveries=False)
         registry = self._k(b"groups")
         pipe = client.pipeline(transaction=True)
         if groups:
@@ -122,11 +125,29 @@ class RedisStorage:
                 deletes.setdefault(group, []).append(name)
             else:
                 puts.setdefault(group, {})[name] = value
+        # the deliveries, one per message, the bulk of a batch: a session's hash and
+        # lists are looked up once per run of its deliveries
+        last: str | None = None
+        put: dict[bytes, bytes] = {}
+        deleted: list[bytes] = []
+        for (cid, order), delivery in batch.deliveries.items():
+            if cid != last:
+                group = child_group(cid)
+                put = puts.setdefault(group, {})
+                deleted = deletes.setdefault(group, [])
+                last = cid
+            if delivery is None:
+                deleted.append(delivery_field(order))
+            else:
+                put[delivery_field(order)] = (delivery if isinstance(delivery, bytes)
+                                              else encode_delivery(delivery))
         for group, names in deletes.items():
-            pipe.hdel(self._k(group), *names)
-        children = [g for g in puts if g[:1] == b"C"]
+            if names:
+                pipe.hdel(self._k(group), *names)
+        children = [g for g, mapping in puts.items() if mapping and g[:1] == b"C"]
         for group, mapping in puts.items():
-            pipe.hset(self._k(group), mapping=mapping)
+            if mapping:
+                pipe.hset(self._k(group), mapping=mapping)
         if children:
             pipe.sadd(registry, *children)
         try:

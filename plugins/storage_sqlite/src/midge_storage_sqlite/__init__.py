@@ -3,13 +3,14 @@
 The rule: the state is a table of (group, field, value) rows in the layout
 ``midge.records`` defines, plus a log: each Batch is appended to the log as one row, in
 one transaction (one WAL sync with ``durability = "sync"``), so a commit costs one insert
-however many messages it holds. The plugin keeps the log's net effect in memory (a
-delivery written and finished within the log cancels out) and checkpoints it into the
-table once the log passes ``CHECKPOINT_BYTES``, and at close; a restart reads the table
-and replays the log. Deleted rows' pages are reused, so the file does not grow while a
-stream of messages passes through a persistent session. A file that cannot be opened,
-is not a database, or was written by a newer format stops startup with a StorageError
-naming the file.
+however many messages it holds. The plugin keeps the log's net effect in memory and
+checkpoints it into the table once the log passes ``CHECKPOINT_BYTES``, and at close; a
+restart reads the table and replays the log. A delivery created and finished between
+two checkpoints (the batch says which deliveries are new) cancels out of the net, so a
+checkpoint writes only what is still queued, not every message that passed through.
+Deleted rows' pages are reused, so the file does not grow while a stream of messages
+passes through a persistent session. A file that cannot be opened, is not a database,
+or was written by a newer format stops startup with a StorageError naming the file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,14 @@ from midge.records import (
     FORMAT_VERSION,
     META,
     Batch,
+    DeliveryRecord,
     Durability,
     Snapshot,
     StorageError,
     check_version,
+    child_group,
+    delivery_field,
+    encode_delivery,
     snapshot_from_items,
     storage_options,
 )
@@ -53,6 +58,8 @@ CHECKPOINT_BYTES = 4 << 20
 WAL_LIMIT = 8 << 20
 
 _CLEAR, _PUT, _DELETE = 0, 1, 2
+#: a delivery's field: b"d" and its 8-byte order
+_FIELD_SIZE = len(delivery_field(0))
 
 
 _HEAD = struct.Struct(">BIII")
@@ -78,23 +85,37 @@ def _entries(data: bytes) -> Iterator[tuple[int, bytes, bytes, bytes]]:
         yield kind, group, name, value
 
 
+def _split(key: bytes) -> tuple[bytes, bytes]:
+    """A row's key (group + field) as its group and field: the groups of the layout are
+    prefix-free (one letter, or b"C" with the length of the client id that follows)."""
+    size = 3 + int.from_bytes(key[1:3], "big") if key[:1] == b"C" else 1
+    return key[:size], key[size:]
+
+
 class _Net:
-    """The net effect of the log on the table: groups cleared, then puts and deletes."""
+    """The net effect of the log on the table: groups cleared, then puts and deletes.
+
+    Rows are keyed by group + field, one bytes object: a tuple per row would be a
+    container the garbage collector counts and visits, for every queued message."""
 
     def __init__(self) -> None:
         self.cleared: set[bytes] = set()
-        self.rows: dict[tuple[bytes, bytes], bytes | None] = {}
+        self.rows: dict[bytes, bytes | None] = {}
+        #: rows put since the last checkpoint that the table does not hold (deliveries
+        #: the broker created meanwhile): deleted again, they leave the net
+        self.fresh: set[bytes] = set()
 
     def clear(self, group: bytes) -> None:
         self.cleared.add(group)
-        for key in [key for key in self.rows if key[0] == group]:
+        for key in [key for key in self.rows if key.startswith(group)]:
             del self.rows[key]
+            self.fresh.discard(key)
 
     def apply(self, kind: int, group: bytes, name: bytes, value: bytes) -> None:
         if kind == _CLEAR:
             self.clear(group)
         else:
-            self.rows[(group, name)] = value if kind == _PUT else None
+            self.rows[group + name] = value if kind == _PUT else None
 
     def __bool__(self) -> bool:
         return bool(self.cleared or self.rows)
@@ -173,14 +194,14 @@ class SQLiteStorage:
                 del table[key]
         for key, change in net.rows.items():
             if change is None:
-                table.pop(key, None)
+                table.pop(_split(key), None)
             else:
-                table[key] = change
+                table[_split(key)] = change
         return snapshot_from_items((g, f, v) for (g, f), v in table.items())
 
     async def commit(self, batch: Batch) -> None:
         db = self._conn()
-        groups, items = batch.items()
+        groups, items = batch.items(deliveries=False)
         net = self._net
         pack = _HEAD.pack
         frames: list[bytes] = []
@@ -190,6 +211,8 @@ class SQLiteStorage:
             add(group)
             net.clear(group)
         rows = net.rows
+        if batch.deliveries:
+            self._deliveries(batch, add)
         for group, name, value in items:
             if value is None:
                 add(pack(_DELETE, len(group), len(name), 0))
@@ -200,8 +223,10 @@ class SQLiteStorage:
                 add(group)
                 add(name)
                 add(value)
-            rows[(group, name)] = value
+            rows[group + name] = value
         data = b"".join(frames)
+        # what was made for this batch goes before the wait, not after it
+        del groups, items, frames, add
         try:
             # one statement outside a transaction is one transaction: one sync
             await db.execute("INSERT INTO log VALUES (?, ?)", (self._seq, data))
@@ -217,13 +242,56 @@ class SQLiteStorage:
                 # after the next commit
                 log.warning("%s", exc)
 
+    def _deliveries(self, batch: Batch, add: Callable[[bytes], None]) -> None:
+        """Log the batch's deliveries (one per message, the bulk of a batch: a group's
+        key and delete entry are made once, a field is the fixed 9 bytes)."""
+        net = self._net
+        rows = net.rows
+        fresh = net.fresh
+        created = batch.created
+        pack = _HEAD.pack
+        groups: dict[str, tuple[bytes, int, bytes]] = {}
+        last: str | None = None
+        group = deleted = b""
+        size = 0
+        for pair, value in batch.deliveries.items():
+            cid, order = pair
+            if cid != last:
+                known = groups.get(cid)
+                if known is None:
+                    raw = child_group(cid)
+                    known = groups[cid] = (raw, len(raw),
+                                           pack(_DELETE, len(raw), _FIELD_SIZE, 0))
+                group, size, deleted = known
+                last = cid
+            key = group + delivery_field(order)
+            if value is None:
+                add(deleted)
+                add(key)
+                if key in fresh:
+                    fresh.discard(key)
+                    del rows[key]
+                else:
+                    rows[key] = None
+                continue
+            if isinstance(value, DeliveryRecord):
+                value = encode_delivery(value)
+            # a new one the log already names (deleted there by the process before a
+            # restart, which used the same order) may still be in the table
+            if pair in created and key not in rows:
+                fresh.add(key)
+            add(pack(_PUT, size, _FIELD_SIZE, len(value)))
+            add(key)
+            add(value)
+            rows[key] = value
+
     async def checkpoint(self) -> None:
         """Apply the log's net effect to the table and empty the log, in one
         transaction."""
         db = self._conn()
         net = self._net
-        puts = [(g, f, v) for (g, f), v in net.rows.items() if v is not None]
-        deletes = [key for key, v in net.rows.items() if v is None]
+        puts = [(*_split(key), v) for key, v in net.rows.items() if v is not None]
+        deletes = [_split(key) for key, v in net.rows.items() if v is None]
         try:
             await db.execute("BEGIN")
             try:
