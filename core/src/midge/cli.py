@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import resource
 import signal
@@ -234,6 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"midge: {settings.source}: {exc}\n")
         return 2
     raise_fd_limit()
+    # the collector's first generation runs every 700 new container objects by default:
+    # a broker allocates that many in a fraction of one loop turn's messages (and a
+    # storage batch many more), so it collected hundreds of times a second; a server
+    # process of ours can afford ten thousand between collections. (Embedded, the
+    # host program's own setting is left alone.)
+    gc.set_threshold(10_000, 10, 10)
     failures: list[Exception] = []
     try:
         anyio.run(serve, broker, None, limiter, backend_options=_backend_options())
