@@ -103,6 +103,22 @@ def test_puback_frees_the_window_and_the_next_queued_message_goes_out() -> None:
     assert [p.payload for p in sub.received()] == [b"3"]
 
 
+def test_default_window_is_100_lowered_by_a_v5_receive_maximum() -> None:
+    # the window refills once per loop turn, so it is larger than Mosquitto's 20 (a busy
+    # broker held a healthy QoS 1 subscriber far below its publishers' rate with 20)
+    harness = Harness()
+    v3 = harness.client("v3", level=4)
+    v3.subscribe("t", qos=1)
+    v5 = harness.client("v5", properties={Property.RECEIVE_MAXIMUM: 10})
+    v5.subscribe("t", qos=1)
+    pub = harness.client("pub")
+    pub.send(*(Publish("t", b"m", qos=1, packet_id=n + 1) for n in range(150)))
+    assert len([p for p in v3.received() if isinstance(p, Publish)]) == 100
+    assert len(harness.engine.sessions["v3"].pending) == 50
+    assert len([p for p in v5.received() if isinstance(p, Publish)]) == 10
+    assert len(harness.engine.sessions["v5"].pending) == 140
+
+
 def test_pubcomp_frees_the_window_for_qos2() -> None:
     harness = Harness(max_inflight_messages=1)
     sub = harness.client("sub")

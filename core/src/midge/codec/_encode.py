@@ -130,8 +130,8 @@ def _ack(byte0: int, ptype: int) -> Callable[[Any, int], bytes]:
     return encode
 
 
-#: the first byte of each acknowledgement that ``plain_ack`` encodes
-_ACK_BYTE0 = {PubAck: 0x40, PubRec: 0x50, PubRel: 0x62, PubComp: 0x70}
+#: the first byte of each acknowledgement (PUBREL's reserved flags are 0b0010)
+_ACK_BYTE0: dict[type[Any], int] = {PubAck: 0x40, PubRec: 0x50, PubRel: 0x62, PubComp: 0x70}
 
 
 def plain_ack(kind: type[PubAck | PubRec | PubRel | PubComp], packet_id: int) -> bytes:
@@ -200,10 +200,10 @@ _ENCODERS: dict[type[Any], Callable[[Any, int], bytes]] = {
     Connect: _connect,
     ConnAck: _connack,
     Publish: _publish,
-    PubAck: _ack(0x40, PacketType.PUBACK),
-    PubRec: _ack(0x50, PacketType.PUBREC),
-    PubRel: _ack(0x62, PacketType.PUBREL),
-    PubComp: _ack(0x70, PacketType.PUBCOMP),
+    PubAck: _ack(_ACK_BYTE0[PubAck], PacketType.PUBACK),
+    PubRec: _ack(_ACK_BYTE0[PubRec], PacketType.PUBREC),
+    PubRel: _ack(_ACK_BYTE0[PubRel], PacketType.PUBREL),
+    PubComp: _ack(_ACK_BYTE0[PubComp], PacketType.PUBCOMP),
     Subscribe: _subscribe,
     SubAck: _suback,
     Unsubscribe: _unsubscribe,
