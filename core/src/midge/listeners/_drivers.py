@@ -286,13 +286,22 @@ class StreamDriver:
                 # the send in progress holds what the stream has not taken
                 conn.outbox.report(0, len(data))
                 try:
-                    await self.stream.send(data)
+                    await self._transmit(data)
                     conn.outbox.report(0, 0)
                 except _CLOSED:
                     if self._reader is not None:
                         self._reader.cancel()
                     return
             if conn.closing:
+                await self._last_words()
                 if self._reader is not None:
                     self._reader.cancel()
                 return
+
+    async def _transmit(self, data: bytes) -> None:
+        """Send what the connection wrote (a stacked driver sends it through its layers)."""
+        await self.stream.send(data)
+
+    async def _last_words(self) -> None:
+        """What goes out after the connection's own last packet (a stacked driver's
+        layers close: a WebSocket close frame, a TLS close_notify)."""

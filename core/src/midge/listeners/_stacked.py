@@ -26,6 +26,7 @@ from ._drivers import (
     CLOSE_FLUSH_TIMEOUT,
     RECEIVE_SIZE,
     AsyncioDriver,
+    StreamDriver,
     peer,
 )
 from ._layers import Layer, Pipeline, TransportError
@@ -171,23 +172,23 @@ class StackedAsyncioDriver(AsyncioDriver):
             self._half_close(transport)
 
 
-class StackedStreamDriver:
+class StackedStreamDriver(StreamDriver):
     """Moves bytes between an anyio ByteStream and a Connection through a Pipeline
-    (the non-asyncio backends)."""
+    (the non-asyncio backends); the write loop is the plain stream driver's."""
 
     def __init__(self, acceptor: Acceptor, spec: ListenerSettings, stream: ByteStream,
                  pipeline: Pipeline) -> None:
-        self._acceptor = acceptor
-        self.spec = spec
-        self.stream = stream
+        super().__init__(acceptor, spec, stream)
         self.pipeline = pipeline
-        self._wake = anyio.Event()
-        self._reader: anyio.CancelScope | None = None
         # the reader sends too (pongs, close answers): one send at a time
         self._sending = anyio.Lock()
 
-    def schedule_flush(self) -> None:
-        self._wake.set()
+    async def _transmit(self, data: bytes) -> None:
+        await self._send(self.pipeline.send(data))
+
+    async def _last_words(self) -> None:
+        with contextlib.suppress(*_CLOSED):
+            await self._send(self.pipeline.close())
 
     async def _send(self, data: bytes) -> None:
         if data:
@@ -277,24 +278,3 @@ class StackedStreamDriver:
             if self.pipeline.ended is not None:
                 return self.pipeline.ended
         return ""
-
-    async def _write_loop(self, conn: Connection) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            while (data := conn.take_output()[0]):
-                # the send in progress holds what the stream has not taken
-                conn.outbox.report(0, len(data))
-                try:
-                    await self._send(self.pipeline.send(data))
-                    conn.outbox.report(0, 0)
-                except _CLOSED:
-                    if self._reader is not None:
-                        self._reader.cancel()
-                    return
-            if conn.closing:
-                with contextlib.suppress(*_CLOSED):
-                    await self._send(self.pipeline.close())
-                if self._reader is not None:
-                    self._reader.cancel()
-                return
